@@ -1,0 +1,196 @@
+"""Pure-torch definitions of every op: the ground truth for tests, and the CPU path.
+
+Shapes follow vLLM. T tokens in a packed ragged batch, S sequences, Hq query heads, Hkv key/value
+heads (Hq % Hkv == 0: query head h reads kv head h // (Hq // Hkv)), D head size.
+KV cache of one layer: [2, num_blocks, block_size, Hkv, D]; [0] keys, [1] values.
+No op here calls .item() or otherwise syncs with the device: host-side sizes come in as ints.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def store_kv_cache(
+    key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """kv_cache[:, slot // block_size, slot % block_size] = key/value of each token, in place."""
+    _, num_blocks, block_size, num_kv_heads, head_size = kv_cache.shape
+    # NOTE: kv_cache is contiguous (checked in ops), so slots index a flat [num_slots, Hkv, D] view.
+    flat = kv_cache.view(2, num_blocks * block_size, num_kv_heads, head_size)
+    flat[0].index_copy_(0, slot_mapping, key.to(kv_cache.dtype))
+    flat[1].index_copy_(0, slot_mapping, value.to(kv_cache.dtype))
+
+
+def _gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, num_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of the first num_blocks blocks of each row: two [S, Hkv, L, D], L = num_blocks * block_size."""
+    block_size, num_kv_heads, head_size = kv_cache.shape[2:]
+    blocks = block_table[:, :num_blocks]
+    # NOTE: one gather for all sequences; entries past a sequence's last block are padding (any
+    # valid block id) and are masked out by the caller.
+    kv = kv_cache[:, blocks]  # [2, S, nb, bs, Hkv, D]
+    kv = kv.reshape(2, blocks.shape[0], num_blocks * block_size, num_kv_heads, head_size).transpose(2, 3)
+    return kv[0], kv[1]
+
+
+def _decode_attention(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_table: torch.Tensor,
+    scale: float,
+    max_seq_len: int,
+) -> torch.Tensor:
+    """One query token per sequence, each at the last position: query [S, Hq, D] -> [S, Hq, D]."""
+    num_seqs, num_heads, head_size = query.shape
+    block_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
+    num_blocks = (max_seq_len + block_size - 1) // block_size
+    key, value = _gather_kv(kv_cache, block_table, num_blocks)  # [S, Hkv, L, D]
+    positions = torch.arange(num_blocks * block_size, device=query.device)
+    mask = (positions[None, :] < seq_lens[:, None]).view(num_seqs, 1, 1, -1)  # [S, 1, 1, L]
+    # NOTE: slots past seq_len may hold anything, NaN included (a fresh torch.empty cache), and
+    # a masked NaN still poisons softmax(QK^T)V; zero them first.
+    invalid = ~mask.view(num_seqs, 1, -1, 1)
+    key = key.masked_fill(invalid, 0.0)
+    value = value.masked_fill(invalid, 0.0)
+    # GQA: the G query heads sharing a kv head become G query rows of that head.
+    q = query.view(num_seqs, num_kv_heads, num_heads // num_kv_heads, head_size)
+    out = F.scaled_dot_product_attention(q, key.to(q.dtype), value.to(q.dtype), attn_mask=mask, scale=scale)
+    return out.reshape(num_seqs, num_heads, head_size)
+
+
+def _prefill_attention(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_row: torch.Tensor,
+    seq_len: int,
+    scale: float,
+) -> torch.Tensor:
+    """One sequence's chunk of query_len tokens, the last of its seq_len: [Q, Hq, D] -> [Q, Hq, D]."""
+    query_len, num_heads, head_size = query.shape
+    block_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
+    num_blocks = (seq_len + block_size - 1) // block_size
+    key, value = _gather_kv(kv_cache, block_row[None], num_blocks)
+    key, value = key[0, :, :seq_len].to(query.dtype), value[0, :, :seq_len].to(query.dtype)  # [Hkv, L, D]
+    group = num_heads // num_kv_heads
+    if group > 1:
+        key = key.repeat_interleave(group, dim=0)
+        value = value.repeat_interleave(group, dim=0)
+    q = query.transpose(0, 1)  # [Hq, Q, D]
+    context_len = seq_len - query_len
+    if context_len == 0:
+        out = F.scaled_dot_product_attention(q, key, value, is_causal=True, scale=scale)
+    else:
+        # Query j sits at position context_len + j and sees keys at positions <= its own.
+        q_pos = torch.arange(context_len, seq_len, device=query.device)
+        k_pos = torch.arange(seq_len, device=query.device)
+        mask = k_pos[None, :] <= q_pos[:, None]
+        out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scale)
+    return out.transpose(0, 1)
+
+
+def paged_attention(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_table: torch.Tensor,
+    scale: float,
+    max_query_len: int,
+    max_seq_len: int,
+    query_start_loc_cpu: list[int],
+    seq_lens_cpu: list[int],
+) -> torch.Tensor:
+    """Causal attention of a packed ragged batch over the paged cache (see AttentionMetadata).
+
+    query [T, Hq, D] -> out [T, Hq, D]. Sequence i owns query rows
+    query_start_loc[i]:query_start_loc[i+1]; its query j sits at position seq_lens[i] - query_len_i + j
+    and attends to cache positions <= its own. The cache already holds this step's keys/values.
+    """
+    if max_query_len == 1:
+        # NOTE: decode-only batch: T == S, one gather + one batched SDPA, no per-sequence loop.
+        return _decode_attention(query, kv_cache, seq_lens, block_table, scale, max_seq_len)
+    out = torch.empty_like(query)
+    num_seqs = len(seq_lens_cpu)
+    decode_rows = [i for i in range(num_seqs) if query_start_loc_cpu[i + 1] - query_start_loc_cpu[i] == 1]
+    if len(decode_rows) > 1:
+        # Mixed batch: the decoding sequences still go in one batched call.
+        index = torch.tensor(decode_rows, device=query.device)
+        token_index = torch.tensor([query_start_loc_cpu[i] for i in decode_rows], device=query.device)
+        max_decode_len = max(seq_lens_cpu[i] for i in decode_rows)
+        out[token_index] = _decode_attention(
+            query[token_index], kv_cache, seq_lens[index], block_table[index], scale, max_decode_len
+        )
+        done = set(decode_rows)
+    else:
+        done = set()
+    for i in range(num_seqs):
+        if i in done:
+            continue
+        start, end = query_start_loc_cpu[i], query_start_loc_cpu[i + 1]
+        if end == start:
+            continue
+        out[start:end] = _prefill_attention(query[start:end], kv_cache, block_table[i], seq_lens_cpu[i], scale)
+    return out
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm over the last dim, in float32, as HF Llama does it (normalize, cast back, then scale).
+
+    With residual: new_residual = x + residual; returns (norm(new_residual) * weight, new_residual).
+    """
+    if residual is not None:
+        x = x + residual
+        residual = x
+    dtype = x.dtype
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    out = weight * h.to(dtype)
+    return out if residual is None else (out, residual)
+
+
+def rotary_embedding(
+    positions: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    head_size: int,
+    cos_sin_cache: torch.Tensor,
+    is_neox_style: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate the first rot_dim dims of every head of query [T, Hq*D] and key [T, Hkv*D].
+
+    cos_sin_cache[p] = cat(cos(p * inv_freq), sin(p * inv_freq)), rot_dim = 2 * len(inv_freq).
+    Neox style (HF Llama's rotate_half) pairs dim i with i + rot_dim/2; GPT-J style pairs 2i, 2i+1.
+    Returns new tensors of the input shapes; the inputs are left unchanged.
+    """
+    cos_sin = cos_sin_cache.index_select(0, positions)  # [T, rot_dim]
+    cos, sin = cos_sin.to(query.dtype).unsqueeze(1).chunk(2, dim=-1)  # [T, 1, rot_dim / 2]
+    return (
+        _rotate(query, cos, sin, head_size, is_neox_style),
+        _rotate(key, cos, sin, head_size, is_neox_style),
+    )
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_size: int, is_neox_style: bool) -> torch.Tensor:
+    num_tokens = x.shape[0]
+    x = x.reshape(num_tokens, -1, head_size)
+    rot_dim = 2 * cos.shape[-1]
+    x_rot, x_pass = x[..., :rot_dim], x[..., rot_dim:]
+    if is_neox_style:
+        x1, x2 = x_rot.chunk(2, dim=-1)
+        rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    else:
+        x1, x2 = x_rot[..., 0::2], x_rot[..., 1::2]
+        rotated = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+    if x_pass.shape[-1]:
+        rotated = torch.cat((rotated, x_pass), dim=-1)
+    return rotated.reshape(num_tokens, -1)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x [..., 2I] -> silu(x[..., :I]) * x[..., I:]."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up

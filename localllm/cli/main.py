@@ -1,0 +1,38 @@
+"""The `localllm` command. One module per command group (cli/run.py, ...); each imports the
+engine and torch inside its command, so `localllm --help` and `--version` stay fast."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from localllm.cli import run as run_cmd
+
+app = typer.Typer(
+    name="localllm",
+    help="Run open LLMs on this machine: paged-KV engine, terminal chat, OpenAI and Ollama APIs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from localllm import __version__
+
+        typer.echo(f"localllm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Run open LLMs on this machine."""
+
+
+app.command("run")(run_cmd.run)

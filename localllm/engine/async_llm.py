@@ -1,0 +1,151 @@
+"""AsyncLLM: the streaming front of the engine for the server, the chat UI and the CLI.
+
+One engine thread owns the LLMEngine and runs the step loop; asyncio callers talk to it
+through a command inbox (add, abort) and get RequestOutputs back on per-request queues.
+Tokenizing and validating happen in the caller, so a bad prompt raises before anything
+streams.
+
+NOTE: every LLMEngine call happens on the engine thread; no lock is needed around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from localllm.engine.llm_engine import LLMEngine, PromptType
+from localllm.outputs import RequestOutput
+from localllm.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class EngineDeadError(RuntimeError):
+    pass
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+    def put(self, item) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class AsyncLLM:
+    def __init__(self, model: str = "smollm2", *, engine: LLMEngine | None = None, **options) -> None:
+        self.engine = engine if engine is not None else LLMEngine.from_options(model, **options)
+        self.tokenizer = self.engine.tokenizer
+        self.chat_template = self.engine.chat_template
+        self.model_name = model
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._wakeup = threading.Event()
+        self._streams: dict[str, _Stream] = {}
+        self._dead: BaseException | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="localllm-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_engine_args(cls, model: str = "smollm2", **options) -> "AsyncLLM":
+        return cls(model, **options)
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
+        return self.engine.render_chat(messages, add_generation_prompt, **kwargs)
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    def stats(self) -> dict:
+        return self.engine.stats()
+
+    # ------------------------------------------------------------------ API
+
+    async def generate(
+        self, prompt: PromptType, sampling_params: SamplingParams | None, request_id: str
+    ) -> AsyncIterator[RequestOutput]:
+        """Stream RequestOutputs for one request. Leaving the loop early (break, cancel, a
+        dropped connection) aborts the request in the engine and frees its blocks."""
+        if self._dead is not None:
+            raise EngineDeadError(f"the engine stopped: {self._dead}")
+        params = sampling_params or SamplingParams()
+        text, token_ids = self.engine.tokenize(prompt)
+        self.engine.validate(token_ids, params)
+        if request_id in self._streams:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        self._streams[request_id] = stream
+        self._send(("add", request_id, {"prompt": text, "prompt_token_ids": token_ids}, params))
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    break
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                self._send(("abort", request_id))
+
+    async def abort(self, request_id: str) -> None:
+        self._send(("abort", request_id))
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        self._wakeup.set()
+        self._thread.join(timeout=10)
+
+    # ------------------------------------------------------------------ engine thread
+
+    def _send(self, command: tuple) -> None:
+        self._inbox.put(command)
+        self._wakeup.set()
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                command = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if command[0] == "add":
+                _, request_id, prompt, params = command
+                stream = self._streams.get(request_id)
+                if stream is None:  # the caller left before the engine saw the request
+                    continue
+                try:
+                    self.engine.add_request(request_id, prompt, params)
+                except Exception as error:  # noqa: BLE001 - delivered to the caller
+                    stream.put(error)
+            elif command[0] == "abort":
+                self.engine.abort_request(command[1])
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                self._drain_inbox()
+                if not self.engine.has_unfinished_requests():
+                    self._wakeup.wait(timeout=0.5)
+                    self._wakeup.clear()
+                    continue
+                for output in self.engine.step():
+                    stream = self._streams.get(output.request_id)
+                    if stream is not None:
+                        stream.put(output)
+        except BaseException as error:  # noqa: BLE001 - every waiting caller must hear of it
+            logger.exception("engine loop failed")
+            self._dead = error
+            for stream in list(self._streams.values()):
+                stream.put(EngineDeadError(f"the engine stopped: {error}"))

@@ -1,0 +1,196 @@
+"""Batch -> tensors -> forward -> sample.
+
+The step's tokens are packed ragged (no padding to the longest sequence): one row per token,
+with an AttentionMetadata describing where each sequence's tokens start and which cache slots
+they fill. Logits are computed only for rows that sample (the last token of a sequence that
+catches up with its known tokens) and for prompt positions whose logprobs were asked for.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from localllm.config import CacheConfig, ModelConfig, SchedulerConfig
+from localllm.engine.request import Request
+from localllm.forward_context import AttentionMetadata, ForwardContext, set_forward_context
+from localllm.models.loader import Checkpoint
+from localllm.models.registry import build_model, kv_cache_spec
+from localllm.outputs import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
+from localllm.worker.kv_cache import allocate_kv_caches, choose_num_blocks, kv_bytes_per_block
+from localllm.worker.sampler import Sampler, SamplingBatch, compute_prompt_logprobs, seeded_generator
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for, but torch sees no CUDA device")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        cache_config: CacheConfig,
+        scheduler_config: SchedulerConfig,
+        checkpoint: Checkpoint,
+    ) -> None:
+        self.device = resolve_device(model_config.device)
+        self.dtype = resolve_dtype(model_config.dtype, self.device)
+        self.block_size = cache_config.block_size
+        torch.manual_seed(model_config.seed)
+
+        self.model = build_model(checkpoint.hf_config, self.dtype, self.device)
+        self.model.load_weights(checkpoint.weights())
+        self.model.eval()
+
+        num_layers, num_kv_heads, head_dim = kv_cache_spec(checkpoint.hf_config)
+        bytes_per_block = kv_bytes_per_block(num_layers, num_kv_heads, head_dim, self.block_size, self.dtype)
+        max_useful_blocks = scheduler_config.max_num_seqs * -(-scheduler_config.max_model_len // self.block_size)
+        hidden = checkpoint.hf_config.hidden_size
+        vocab = checkpoint.hf_config.vocab_size
+        activation_reserve = scheduler_config.max_num_batched_tokens * (hidden * 64 + vocab * 4) + (1 << 30)
+        self.num_blocks = choose_num_blocks(
+            cache_config, bytes_per_block, self.device, max_useful_blocks, activation_reserve
+        )
+        self.kv_cache_bytes = self.num_blocks * bytes_per_block
+        self.kv_caches = allocate_kv_caches(
+            num_layers, self.num_blocks, self.block_size, num_kv_heads, head_dim, self.dtype, self.device
+        )
+        self.sampler = Sampler()
+        self.generators: dict[str, torch.Generator] = {}
+
+    # ------------------------------------------------------------------ the step
+
+    @torch.inference_mode()
+    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+        for request_id in scheduler_output.finished_req_ids:
+            self.generators.pop(request_id, None)
+        requests = scheduler_output.requests
+        if not requests:
+            return ModelRunnerOutput(req_ids=[], sampled_token_ids=[], logprobs=[])
+
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slot_mapping: list[int] = []
+        query_start_loc = [0]
+        seq_lens: list[int] = []
+        sample_rows: list[int] = []  # flat token index of each sampling row
+        sample_requests: list[Request] = []
+        prompt_rows: list[int] = []
+        prompt_targets: list[int] = []
+        prompt_spans: list[tuple[Request, int, int]] = []  # request, first row, count
+
+        for request, num_new, block_ids in zip(
+            requests, scheduler_output.num_scheduled_tokens, scheduler_output.block_ids
+        ):
+            start = request.num_computed_tokens
+            end = start + num_new
+            base = len(input_ids)
+            input_ids.extend(request.all_token_ids[start:end])
+            positions.extend(range(start, end))
+            slot_mapping.extend(block_ids[p // bs] * bs + p % bs for p in range(start, end))
+            query_start_loc.append(base + num_new)
+            seq_lens.append(end)
+            if end == request.num_tokens:
+                sample_rows.append(base + num_new - 1)
+                sample_requests.append(request)
+            if request.sampling_params.prompt_logprobs is not None:
+                # Row p predicts prompt token p + 1; rows already reported are skipped.
+                first = max(start, request.num_prompt_logprobs_done)
+                last = min(end, request.num_prompt_tokens - 1)
+                if first < last:
+                    prompt_spans.append((request, len(prompt_rows), last - first))
+                    prompt_rows.extend(base + p - start for p in range(first, last))
+                    prompt_targets.extend(request.prompt_token_ids[first + 1 : last + 1])
+                    request.num_prompt_logprobs_done = last
+
+        device = self.device
+        max_blocks = max(len(b) for b in scheduler_output.block_ids)
+        block_table = [b + [0] * (max_blocks - len(b)) for b in scheduler_output.block_ids]
+        metadata = AttentionMetadata(
+            num_seqs=len(requests),
+            num_tokens=len(input_ids),
+            query_start_loc=torch.tensor(query_start_loc, dtype=torch.int32, device=device),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
+            block_table=torch.tensor(block_table, dtype=torch.int32, device=device),
+            slot_mapping=torch.tensor(slot_mapping, dtype=torch.int64, device=device),
+            max_query_len=max(scheduler_output.num_scheduled_tokens),
+            max_seq_len=max(seq_lens),
+            query_start_loc_cpu=query_start_loc,
+            seq_lens_cpu=seq_lens,
+        )
+        input_ids_t = torch.tensor(input_ids, dtype=torch.int64, device=device)
+        positions_t = torch.tensor(positions, dtype=torch.int64, device=device)
+        with set_forward_context(ForwardContext(attn_metadata=metadata, kv_caches=self.kv_caches)):
+            hidden = self.model(input_ids_t, positions_t)
+
+        rows = prompt_rows + sample_rows
+        logits = self.model.compute_logits(hidden[torch.tensor(rows, dtype=torch.int64, device=device)]) if rows else None
+
+        prompt_logprobs: dict[str, list[TokenLogprobs | None]] = {}
+        if prompt_rows:
+            prompt_logits = logits[: len(prompt_rows)]
+            targets = torch.tensor(prompt_targets, dtype=torch.int64, device=device)
+            for request, first_row, count in prompt_spans:
+                entries = compute_prompt_logprobs(
+                    prompt_logits[first_row : first_row + count],
+                    targets[first_row : first_row + count],
+                    request.sampling_params.prompt_logprobs,
+                )
+                prompt_logprobs.setdefault(request.request_id, []).extend(entries)
+
+        sampled_by_request: dict[str, tuple[int, TokenLogprobs | None]] = {}
+        if sample_rows:
+            batch = self._sampling_batch(sample_requests)
+            sampler_output = self.sampler(logits[len(prompt_rows) :], batch)
+            token_ids = sampler_output.sampled.tolist()  # the step's one host sync
+            for request, token, lp in zip(sample_requests, token_ids, sampler_output.logprobs):
+                sampled_by_request[request.request_id] = (token, lp)
+
+        req_ids = [r.request_id for r in requests]
+        sampled = [sampled_by_request.get(i, (None, None)) for i in req_ids]
+        return ModelRunnerOutput(
+            req_ids=req_ids,
+            sampled_token_ids=[s[0] for s in sampled],
+            logprobs=[s[1] for s in sampled],
+            prompt_logprobs=prompt_logprobs,
+        )
+
+    def _sampling_batch(self, requests: list[Request]) -> SamplingBatch:
+        params = [r.sampling_params for r in requests]
+        generators = [self._generator(r) for r in requests]
+        banned = []
+        for request in requests:
+            p = request.sampling_params
+            if request.num_output_tokens < p.min_tokens:
+                eos = [] if p.ignore_eos else sorted(request.eos_token_ids)
+                banned.append(eos + list(p.stop_token_ids))
+            else:
+                banned.append([])
+        return SamplingBatch.build(
+            params,
+            generators,
+            [r.prompt_token_ids for r in requests],
+            [r.output_token_ids for r in requests],
+            banned,
+            self.device,
+        )
+
+    def _generator(self, request: Request) -> torch.Generator | None:
+        seed = request.sampling_params.seed
+        if seed is None:
+            return None
+        generator = self.generators.get(request.request_id)
+        if generator is None:
+            generator = self.generators[request.request_id] = seeded_generator(seed, self.device)
+        return generator

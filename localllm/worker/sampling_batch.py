@@ -1,0 +1,138 @@
+"""SamplingBatch: one step's sampling settings as per-row tensors on the logits' device.
+
+Built once per step on the host from each row's SamplingParams (pure Python values, so every
+flag below is known without reading the device). The Sampler then runs with no host sync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from localllm.sampling_params import SamplingParams
+
+_GREEDY_EPS = 1e-5  # NOTE: same threshold as SamplingParams.greedy
+
+
+def seeded_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    """The per-request generator for `SamplingParams.seed`. Create it once per request and keep
+    it across steps: its state is the request's position in its own random stream."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _flat_index(rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row ids, token ids) of every listed token, as two int64 tensors for index_put."""
+    r = [i for i, toks in enumerate(rows) for _ in toks]
+    c = [t for toks in rows for t in toks]
+    return (
+        torch.tensor(r, dtype=torch.int64, device=device),
+        torch.tensor(c, dtype=torch.int64, device=device),
+    )
+
+
+def _penalizes(p: SamplingParams) -> bool:
+    return p.presence_penalty != 0.0 or p.frequency_penalty != 0.0 or p.repetition_penalty != 1.0
+
+
+@dataclass
+class SamplingBatch:
+    """Row i describes how to sample row i of the logits."""
+
+    temperature: torch.Tensor  # f32[N]; < 1e-5 means greedy
+    top_p: torch.Tensor  # f32[N]; 1.0 = off
+    top_k: torch.Tensor  # int64[N]; 0 = off
+    min_p: torch.Tensor  # f32[N]; 0.0 = off
+    presence_penalty: torch.Tensor  # f32[N]
+    frequency_penalty: torch.Tensor  # f32[N]
+    repetition_penalty: torch.Tensor  # f32[N]; 1.0 = off
+    generators: list[torch.Generator | None]  # seeded rows; None = global RNG
+    prompt_token_ids: list[list[int]]  # repetition penalty only
+    output_token_ids: list[list[int]]  # all three penalties
+    banned_token_ids: list[list[int]]  # masked to -inf before anything else (e.g. EOS < min_tokens)
+    num_logprobs: list[int | None]  # top-k alternatives wanted per row; None = no logprobs
+    all_greedy: bool
+    all_random: bool
+    no_penalties: bool
+    no_top_p_top_k_min_p: bool
+    # Host-side facts that let the Sampler skip work and size tensors without a device read.
+    greedy_rows: list[bool]
+    no_top_p: bool
+    no_top_k: bool
+    no_min_p: bool
+    max_top_k: int  # largest top_k in the batch (0 if none)
+    # Flattened (row, token) index pairs, on device; empty when unused.
+    banned_index: tuple[torch.Tensor, torch.Tensor]
+    prompt_index: tuple[torch.Tensor, torch.Tensor]
+    output_index: tuple[torch.Tensor, torch.Tensor]
+    logprob_rows: torch.Tensor  # int64[M]: rows with num_logprobs is not None, ascending
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.generators)
+
+    @classmethod
+    def build(
+        cls,
+        params: list[SamplingParams],
+        generators: list[torch.Generator | None],
+        prompt_token_ids: list[list[int]],
+        output_token_ids: list[list[int]],
+        banned_token_ids: list[list[int]],
+        device: torch.device | str,
+    ) -> "SamplingBatch":
+        n = len(params)
+        for name, seq in (
+            ("generators", generators),
+            ("prompt_token_ids", prompt_token_ids),
+            ("output_token_ids", output_token_ids),
+            ("banned_token_ids", banned_token_ids),
+        ):
+            if len(seq) != n:
+                raise ValueError(f"{name} has {len(seq)} rows, params has {n}")
+        device = torch.device(device)
+        greedy = [p.temperature < _GREEDY_EPS for p in params]
+        no_top_p = all(p.top_p >= 1.0 for p in params)
+        no_top_k = all(p.top_k <= 0 for p in params)
+        no_min_p = all(p.min_p <= 0.0 for p in params)
+        no_penalties = not any(_penalizes(p) for p in params)
+
+        def f32(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=device)
+
+        num_logprobs = [p.logprobs for p in params]
+        return cls(
+            temperature=f32([p.temperature for p in params]),
+            top_p=f32([p.top_p for p in params]),
+            top_k=torch.tensor([max(p.top_k, 0) for p in params], dtype=torch.int64, device=device),
+            min_p=f32([p.min_p for p in params]),
+            presence_penalty=f32([p.presence_penalty for p in params]),
+            frequency_penalty=f32([p.frequency_penalty for p in params]),
+            repetition_penalty=f32([p.repetition_penalty for p in params]),
+            generators=list(generators),
+            prompt_token_ids=prompt_token_ids,
+            output_token_ids=output_token_ids,
+            banned_token_ids=banned_token_ids,
+            num_logprobs=num_logprobs,
+            all_greedy=all(greedy),
+            all_random=not any(greedy),
+            no_penalties=no_penalties,
+            no_top_p_top_k_min_p=no_top_p and no_top_k and no_min_p,
+            greedy_rows=greedy,
+            no_top_p=no_top_p,
+            no_top_k=no_top_k,
+            no_min_p=no_min_p,
+            max_top_k=max((p.top_k for p in params), default=0),
+            banned_index=_flat_index(banned_token_ids, device),
+            # NOTE: only rows whose penalty can change a logit are indexed (prompts are long); a
+            # row left out has neutral penalties, so leaving it out changes nothing.
+            prompt_index=_flat_index(
+                [t if p.repetition_penalty != 1.0 else [] for p, t in zip(params, prompt_token_ids)], device
+            ),
+            output_index=_flat_index(
+                [t if _penalizes(p) else [] for p, t in zip(params, output_token_ids)], device
+            ),
+            logprob_rows=torch.tensor(
+                [i for i, k in enumerate(num_logprobs) if k is not None], dtype=torch.int64, device=device
+            ),
+        )

@@ -1,0 +1,201 @@
+"""kernels.ops (reference path) against naive, loop-by-loop float64 definitions.
+
+Fresh random inputs over a grid of shapes; every cache slot not written by the test holds NaN, so
+an op that reads past a sequence's length, or a padding block, shows up as NaN in its output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from localllm.kernels import ops
+
+# --------------------------------------------------------------------------- paged attention
+
+
+def _naive_paged_attention(query, kv_cache, block_table, query_lens, seq_lens, scale):
+    """Token by token, head by head, in float64, reading the cache slot by slot."""
+    block_size = kv_cache.shape[2]
+    num_heads, num_kv_heads = query.shape[1], kv_cache.shape[3]
+    group = num_heads // num_kv_heads
+    out = torch.empty(query.shape, dtype=torch.float64)
+    row = 0
+    for i, (query_len, seq_len) in enumerate(zip(query_lens, seq_lens)):
+        slots = [(int(block_table[i, p // block_size]), p % block_size) for p in range(seq_len)]
+        keys = torch.stack([kv_cache[0, b, o] for b, o in slots]).double()  # [L, Hkv, D]
+        values = torch.stack([kv_cache[1, b, o] for b, o in slots]).double()
+        for j in range(query_len):
+            visible = seq_len - query_len + j + 1
+            for h in range(num_heads):
+                q = query[row + j, h].double()
+                scores = keys[:visible, h // group] @ q * scale
+                out[row + j, h] = torch.softmax(scores, 0) @ values[:visible, h // group]
+        row += query_len
+    return out
+
+
+def _make_batch(query_lens, seq_lens, num_heads, num_kv_heads, head_size, block_size, seed):
+    """A NaN-poisoned cache holding seq_lens[i] tokens of each sequence in scattered blocks."""
+    gen = torch.Generator().manual_seed(seed)
+    blocks_per_seq = [math.ceil(s / block_size) for s in seq_lens]
+    num_blocks = sum(blocks_per_seq) + 3
+    kv_cache = torch.full((2, num_blocks, block_size, num_kv_heads, head_size), float("nan"))
+    order = torch.randperm(num_blocks, generator=gen).tolist()
+    max_blocks = max(blocks_per_seq) + 1
+    block_table = torch.zeros(len(seq_lens), max_blocks, dtype=torch.int32)  # padding: block 0
+    for i, n in enumerate(blocks_per_seq):
+        block_table[i, :n] = torch.tensor(order[:n], dtype=torch.int32)
+        order = order[n:]
+    slots = [int(block_table[i, p // block_size]) * block_size + p % block_size
+             for i, s in enumerate(seq_lens) for p in range(s)]
+    num_slots = len(slots)
+    keys = torch.randn(num_slots, num_kv_heads, head_size, generator=gen)
+    values = torch.randn(num_slots, num_kv_heads, head_size, generator=gen)
+    ops.store_kv_cache(keys, values, kv_cache, torch.tensor(slots, dtype=torch.int64))
+    query = torch.randn(sum(query_lens), num_heads, head_size, generator=gen)
+    starts = [0]
+    for q in query_lens:
+        starts.append(starts[-1] + q)
+    return query, kv_cache, block_table, starts
+
+
+ATTENTION_CASES = {
+    # name: (query_lens, seq_lens)
+    "decode": ([1, 1, 1, 1], [1, 17, 40, 16]),
+    "prefill": ([5, 1, 33], [5, 1, 33]),
+    "chunked": ([7, 16, 3], [40, 48, 19]),
+    "mixed": ([1, 9, 1, 1, 4], [30, 9, 1, 65, 70]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ATTENTION_CASES))
+@pytest.mark.parametrize("head_size", [64, 128])
+@pytest.mark.parametrize("num_kv_heads,group", [(2, 1), (1, 4), (2, 8)])
+@pytest.mark.parametrize("block_size", [16, 32])
+def test_paged_attention(case, head_size, num_kv_heads, group, block_size):
+    query_lens, seq_lens = ATTENTION_CASES[case]
+    num_heads = num_kv_heads * group
+    query, kv_cache, block_table, starts = _make_batch(
+        query_lens, seq_lens, num_heads, num_kv_heads, head_size, block_size, seed=len(case) * 131 + head_size + 7 * group + block_size
+    )
+    scale = head_size**-0.5
+    out = ops.paged_attention(
+        query, kv_cache,
+        query_start_loc=torch.tensor(starts, dtype=torch.int32),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
+        block_table=block_table, scale=scale,
+        max_query_len=max(query_lens), max_seq_len=max(seq_lens),
+        query_start_loc_cpu=starts, seq_lens_cpu=list(seq_lens),
+    )
+    expected = _naive_paged_attention(query, kv_cache, block_table, query_lens, seq_lens, scale)
+    assert out.shape == query.shape and out.dtype == query.dtype
+    torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=1e-4)
+
+
+def test_paged_attention_rejects_bad_shapes():
+    query, kv_cache, block_table, starts = _make_batch([1], [3], 4, 2, 64, 16, seed=0)
+    args = dict(query_start_loc=torch.tensor(starts, dtype=torch.int32), seq_lens=torch.tensor([3], dtype=torch.int32),
+                block_table=block_table, scale=0.1, max_query_len=1, max_seq_len=3,
+                query_start_loc_cpu=starts, seq_lens_cpu=[3])
+    with pytest.raises(ValueError, match="multiple of kv heads"):
+        ops.paged_attention(query[:, :3], kv_cache, **args)
+    with pytest.raises(ValueError, match="block_table must be int32"):
+        ops.paged_attention(query, kv_cache, **{**args, "block_table": block_table.long()})
+
+
+# --------------------------------------------------------------------------- KV store
+
+
+@pytest.mark.parametrize("block_size", [16, 32])
+@pytest.mark.parametrize("head_size", [64, 128])
+def test_store_kv_cache_writes_only_its_slots(block_size, head_size):
+    gen = torch.Generator().manual_seed(1)
+    kv_cache = torch.full((2, 6, block_size, 2, head_size), float("nan"))
+    slots = torch.tensor([0, 5, block_size + 1, 3 * block_size + block_size - 1, 5 * block_size], dtype=torch.int64)
+    key = torch.randn(5, 2, head_size, generator=gen)
+    value = torch.randn(5, 2, head_size, generator=gen)
+    ops.store_kv_cache(key, value, kv_cache, slots)
+    for t, slot in enumerate(slots.tolist()):
+        b, o = divmod(slot, block_size)
+        assert torch.equal(kv_cache[0, b, o], key[t]) and torch.equal(kv_cache[1, b, o], value[t])
+    written = torch.zeros(6 * block_size, dtype=torch.bool)
+    written[slots] = True
+    assert kv_cache.view(2, -1, 2, head_size)[:, ~written].isnan().all()
+
+
+# --------------------------------------------------------------------------- RMSNorm
+
+
+@pytest.mark.parametrize("hidden", [64, 576])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm(hidden, dtype):
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(7, hidden, generator=gen).to(dtype)
+    residual = torch.randn(7, hidden, generator=gen).to(dtype)
+    weight = torch.randn(hidden, generator=gen).to(dtype)
+    eps = 1e-5
+
+    def naive(h):
+        h = h.double()
+        return h / torch.sqrt((h * h).mean(-1, keepdim=True) + eps) * weight.double()
+
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=5e-2, rtol=2e-2)
+    out = ops.rms_norm(x, weight, eps)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), naive(x), **tol)
+    out, new_residual = ops.rms_norm(x, weight, eps, residual)
+    assert out.dtype == dtype and new_residual.dtype == dtype
+    torch.testing.assert_close(new_residual, x + residual)
+    torch.testing.assert_close(out.double(), naive(x + residual), **tol)
+
+
+# --------------------------------------------------------------------------- rotary embedding
+
+
+def _cos_sin_cache(max_position, rot_dim, base=10000.0):
+    inv_freq = 1.0 / base ** (torch.arange(0, rot_dim, 2, dtype=torch.float64) / rot_dim)
+    freqs = torch.outer(torch.arange(max_position, dtype=torch.float64), inv_freq)
+    return torch.cat((freqs.cos(), freqs.sin()), dim=-1)
+
+
+def _naive_rotary(positions, x, head_size, cache, neox):
+    out = x.double().clone().view(x.shape[0], -1, head_size)
+    rot_dim = cache.shape[1]
+    half = rot_dim // 2
+    for t, p in enumerate(positions.tolist()):
+        for i in range(half):
+            c, s = cache[p, i].item(), cache[p, half + i].item()
+            a, b = (i, i + half) if neox else (2 * i, 2 * i + 1)
+            x1, x2 = out[t, :, a].clone(), out[t, :, b].clone()
+            out[t, :, a] = x1 * c - x2 * s
+            out[t, :, b] = x2 * c + x1 * s
+    return out.view(x.shape)
+
+
+@pytest.mark.parametrize("head_size,rot_dim", [(64, 64), (128, 128), (64, 32)])
+@pytest.mark.parametrize("neox", [True, False])
+def test_rotary_embedding(head_size, rot_dim, neox):
+    gen = torch.Generator().manual_seed(3)
+    positions = torch.tensor([0, 1, 5, 99, 3], dtype=torch.int64)
+    query = torch.randn(5, 4 * head_size, generator=gen)
+    key = torch.randn(5, 2 * head_size, generator=gen)
+    cache = _cos_sin_cache(128, rot_dim)
+    q_before, k_before = query.clone(), key.clone()
+    q_out, k_out = ops.rotary_embedding(positions, query, key, head_size, cache.float(), is_neox_style=neox)
+    torch.testing.assert_close(q_out.double(), _naive_rotary(positions, query, head_size, cache, neox), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(k_out.double(), _naive_rotary(positions, key, head_size, cache, neox), atol=1e-5, rtol=1e-5)
+    assert torch.equal(query, q_before) and torch.equal(key, k_before)
+
+
+# --------------------------------------------------------------------------- SiLU and mul
+
+
+@pytest.mark.parametrize("intermediate", [1, 64, 1536])
+def test_silu_and_mul(intermediate):
+    x = torch.randn(3, 2 * intermediate, generator=torch.Generator().manual_seed(4))
+    gate, up = x[:, :intermediate].double(), x[:, intermediate:].double()
+    expected = gate / (1 + torch.exp(-gate)) * up
+    torch.testing.assert_close(ops.silu_and_mul(x).double(), expected, atol=1e-6, rtol=1e-5)
