@@ -23,14 +23,24 @@ def store_kv_cache(
     flat[1].index_copy_(0, slot_mapping, value.to(kv_cache.dtype))
 
 
-def _gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, num_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys and values of the first num_blocks blocks of each row: two [S, Hkv, L, D], L = num_blocks * block_size."""
+def _gather_kv(
+    kv_cache: torch.Tensor, block_table: torch.Tensor, num_blocks: int, seq_lens: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of the first num_blocks blocks of each row: two [S, Hkv, L, D], L = num_blocks * block_size.
+
+    With seq_lens, slots at positions >= seq_lens[i] are zeroed: they may hold anything, NaN
+    included (a fresh torch.empty cache), and a masked-out NaN still poisons softmax(QK^T)V.
+    """
     block_size, num_kv_heads, head_size = kv_cache.shape[2:]
     blocks = block_table[:, :num_blocks]
+    num_seqs, length = blocks.shape[0], num_blocks * block_size
     # NOTE: one gather for all sequences; entries past a sequence's last block are padding (any
     # valid block id) and are masked out by the caller.
-    kv = kv_cache[:, blocks]  # [2, S, nb, bs, Hkv, D]
-    kv = kv.reshape(2, blocks.shape[0], num_blocks * block_size, num_kv_heads, head_size).transpose(2, 3)
+    kv = kv_cache[:, blocks].view(2, num_seqs, length, num_kv_heads, head_size)  # a fresh copy
+    if seq_lens is not None:
+        invalid = torch.arange(length, device=kv.device)[None, :] >= seq_lens[:, None]
+        kv.masked_fill_(invalid.view(1, num_seqs, length, 1, 1), 0.0)
+    kv = kv.transpose(2, 3)
     return kv[0], kv[1]
 
 
@@ -46,14 +56,9 @@ def _decode_attention(
     num_seqs, num_heads, head_size = query.shape
     block_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
     num_blocks = (max_seq_len + block_size - 1) // block_size
-    key, value = _gather_kv(kv_cache, block_table, num_blocks)  # [S, Hkv, L, D]
+    key, value = _gather_kv(kv_cache, block_table, num_blocks, seq_lens)  # [S, Hkv, L, D]
     positions = torch.arange(num_blocks * block_size, device=query.device)
     mask = (positions[None, :] < seq_lens[:, None]).view(num_seqs, 1, 1, -1)  # [S, 1, 1, L]
-    # NOTE: slots past seq_len may hold anything, NaN included (a fresh torch.empty cache), and
-    # a masked NaN still poisons softmax(QK^T)V; zero them first.
-    invalid = ~mask.view(num_seqs, 1, -1, 1)
-    key = key.masked_fill(invalid, 0.0)
-    value = value.masked_fill(invalid, 0.0)
     # GQA: the G query heads sharing a kv head become G query rows of that head.
     q = query.view(num_seqs, num_kv_heads, num_heads // num_kv_heads, head_size)
     out = F.scaled_dot_product_attention(q, key.to(q.dtype), value.to(q.dtype), attn_mask=mask, scale=scale)

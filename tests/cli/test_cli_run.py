@@ -190,7 +190,7 @@ def test_verbose_prints_stats_on_stderr_only(fake_engine):
 _SIGINT_SCRIPT = r'''
 import asyncio, sys
 sys.path.insert(0, sys.argv[1])
-from conftest import FakeEngine
+from tests.cli.conftest import FakeEngine
 import localllm.cli.run as run_module
 from localllm.cli.main import app
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_
-from paged_driver import PagedDriver
 
 from localllm.models.loader import load_checkpoint
 from localllm.models.registry import build_model
+from tests.models.paged_driver import PagedDriver
+from tests.models.tiny_models import randomize_
 
 VOCAB_SIZE = 260  # 256 byte tokens + 4 specials
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VOCAB_SIZE, save_tiny_model
-from paged_driver import PagedDriver
 
 from localllm.models.loader import load_checkpoint
 from localllm.models.registry import build_model
+from tests.models.paged_driver import PagedDriver
+from tests.models.tiny_models import VOCAB_SIZE, save_tiny_model
 
 ATOL = 1e-4
 
@@ -157,3 +157,22 @@ def test_bf16_model_runs(checkpoints):
     got = PagedDriver(model, model.config, dtype=torch.bfloat16).step([("s", prompt)])[0]
     assert got.dtype == torch.float32
     assert torch.nn.functional.cosine_similarity(got, ref, dim=0) > 0.99
+
+
+def test_sharded_checkpoint_with_index(tmp_path):
+    """save_pretrained's sharded layout (index + several files), bf16 on disk, loads into fp32."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = _configs()["llama"]
+    hf = save_tiny_model(cfg, tmp_path / "src", seed=7)
+    hf.to(torch.bfloat16).save_pretrained(tmp_path / "sharded", safe_serialization=True, max_shard_size="40KB")
+    tiny = load_checkpoint(str(tmp_path / "src"))
+    tiny.tokenizer.save_pretrained(tmp_path / "sharded")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    ckpt = load_checkpoint(str(tmp_path / "sharded"))
+    model = build_model(ckpt.hf_config, torch.float32, torch.device("cpu"))
+    model.load_weights(ckpt.weights)
+    hf16 = AutoModelForCausalLM.from_pretrained(tmp_path / "sharded", dtype=torch.float32).eval()
+    prompt = _prompt(12, 9)
+    ours = PagedDriver(model, model.config).step([("s", prompt)])[0]
+    torch.testing.assert_close(ours, _hf_last_logits(hf16, prompt), atol=ATOL, rtol=1e-4)

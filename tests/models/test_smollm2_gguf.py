@@ -7,10 +7,10 @@ import os
 
 import pytest
 import torch
-from paged_driver import PagedDriver
 
 from localllm.models.loader import load_checkpoint
 from localllm.models.registry import build_model, kv_cache_spec
+from tests.models.paged_driver import PagedDriver
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 

@@ -9,11 +9,11 @@ import shutil
 
 import pytest
 import torch
-from conftest import VOCAB_SIZE, save_tiny_model
 
 from localllm.errors import ModelLoadError, UnsupportedModelError
 from localllm.models.loader import load_checkpoint
 from localllm.models.registry import build_model
+from tests.models.tiny_models import VOCAB_SIZE, save_tiny_model
 
 
 def _tiny_llama_config():
