@@ -77,6 +77,8 @@ class AsyncLLM:
         dropped connection) aborts the request in the engine and frees its blocks."""
         if self._dead is not None:
             raise EngineDeadError(f"the engine stopped: {self._dead}")
+        if self._stopping:
+            raise EngineDeadError("the engine was shut down")
         params = sampling_params or SamplingParams()
         text, token_ids = self.engine.tokenize(prompt)
         self.engine.validate(token_ids, params)
@@ -130,7 +132,12 @@ class AsyncLLM:
                 except Exception as error:  # noqa: BLE001 - delivered to the caller
                     stream.put(error)
             elif command[0] == "abort":
-                self.engine.abort_request(command[1])
+                # NOTE: a caller still streaming (abort() from elsewhere) gets the final
+                # output, finish_reason "abort"; one that left has no stream any more.
+                for output in self.engine.abort_request(command[1]):
+                    stream = self._streams.get(output.request_id)
+                    if stream is not None:
+                        stream.put(output)
 
     def _run(self) -> None:
         try:
@@ -149,3 +156,10 @@ class AsyncLLM:
             self._dead = error
             for stream in list(self._streams.values()):
                 stream.put(EngineDeadError(f"the engine stopped: {error}"))
+            return
+        # Shut down: requests still running are aborted (their blocks freed) and their callers
+        # told, instead of waiting forever.
+        self._drain_inbox()
+        self.engine.abort_request(list(self.engine.output_processor.states))
+        for stream in list(self._streams.values()):
+            stream.put(EngineDeadError("the engine was shut down"))

@@ -37,6 +37,7 @@ def build_engine_config(
     dtype: str = "auto",
     device: str = "auto",
     seed: int = 0,
+    quantization: str | None = "auto",
 ) -> tuple[EngineConfig, "object"]:
     """Resolve the model name, read its checkpoint header, and fix every limit. Returns the
     config and the opened checkpoint (weights are read later, lazily)."""
@@ -54,7 +55,15 @@ def build_engine_config(
         max_num_batched_tokens = max(2048, min(model_len, 8192)) if max_model_len is None else max(2048, model_len)
         max_num_batched_tokens = min(max_num_batched_tokens, 8192)
     config = EngineConfig(
-        model=ModelConfig(model=model, path=path, dtype=dtype, device=device, max_model_len=model_len, seed=seed),
+        model=ModelConfig(
+            model=model,
+            path=path,
+            dtype=dtype,
+            device=device,
+            max_model_len=model_len,
+            seed=seed,
+            quantization=None if quantization in (None, "none") else quantization,
+        ),
         cache=CacheConfig(
             block_size=block_size,
             enable_prefix_caching=enable_prefix_caching,

@@ -13,6 +13,7 @@ import os
 import re
 
 import torch
+from gguf import GGMLQuantizationType
 
 from localllm.errors import ModelLoadError, UnsupportedModelError
 from localllm.models.gguf_file import GGUFFile
@@ -210,4 +211,17 @@ def load_gguf(path: str) -> Checkpoint:
         weights=LazyWeights(lambda: _stream(gguf, hf_config), len(gguf.tensors)),
         max_model_len=clamp_to_window(hf_config, int(hf_config.max_position_embeddings), notes),
         notes=notes,
+        weight_quantization=_linear_weight_type(gguf),
     )
+
+
+def _linear_weight_type(gguf: GGUFFile) -> str | None:
+    """The most common ggml type among the decoder layers' 2-D weights."""
+    from collections import Counter
+
+    types = Counter(
+        GGMLQuantizationType(t.ggml_type).name
+        for name, t in gguf.tensors.items()
+        if name.startswith("blk.") and len(t.shape) == 2
+    )
+    return types.most_common(1)[0][0] if types else None

@@ -48,6 +48,9 @@ class Checkpoint:
     weights: LazyWeights
     max_model_len: int
     notes: list[str] = field(default_factory=list)  # things the user may want to know (clamps)
+    # The storage type of the decoder's linear weights in the file ("Q4_1", "Q8_0", ...), for
+    # GGUF; None for float checkpoints.
+    weight_quantization: str | None = None
 
     @property
     def architecture(self) -> str:

@@ -12,6 +12,7 @@ import torch
 
 from localllm.config import CacheConfig, ModelConfig, SchedulerConfig
 from localllm.engine.request import Request
+from localllm.layers.int4_cpu_linear import convert_linears_to_int4, int4_kernel_available
 from localllm.forward_context import AttentionMetadata, ForwardContext, set_forward_context
 from localllm.models.loader import Checkpoint
 from localllm.models.registry import build_model, kv_cache_spec
@@ -27,6 +28,23 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was asked for, but torch sees no CUDA device")
     return device
+
+
+# GGUF types whose weights are 4-bit groups already: int4 on the CPU loses nothing more.
+_FOUR_BIT_GGUF_TYPES = {"Q4_0", "Q4_1", "Q4_K"}
+
+
+def resolve_quantization(requested: str | None, checkpoint: Checkpoint, device: torch.device) -> str | None:
+    if requested is None:
+        return None
+    if requested == "auto":
+        four_bit = checkpoint.weight_quantization in _FOUR_BIT_GGUF_TYPES
+        return "int4" if four_bit and device.type == "cpu" and int4_kernel_available() else None
+    if device.type != "cpu":
+        raise ValueError(f"quantization {requested!r} runs on the CPU only in this version")
+    if not int4_kernel_available():
+        raise ValueError("this torch build has no int4 CPU kernel (torch.ops.aten._weight_int4pack_mm_for_cpu)")
+    return requested
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -51,6 +69,9 @@ class ModelRunner:
         self.model = build_model(checkpoint.hf_config, self.dtype, self.device)
         self.model.load_weights(checkpoint.weights())
         self.model.eval()
+        self.quantization = resolve_quantization(model_config.quantization, checkpoint, self.device)
+        if self.quantization == "int4":
+            convert_linears_to_int4(self.model)
 
         num_layers, num_kv_heads, head_dim = kv_cache_spec(checkpoint.hf_config)
         bytes_per_block = kv_bytes_per_block(num_layers, num_kv_heads, head_dim, self.block_size, self.dtype)
