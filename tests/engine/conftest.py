@@ -13,9 +13,9 @@ import time
 import pytest
 import torch
 
-from tests.models.tiny_models import VOCAB_SIZE, save_tiny_model
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from tests.models.tiny_models import VOCAB_SIZE, save_tiny_model  # noqa: E402
 
 # Engines made by fixtures; the autouse check below inspects each one after every test.
 _ENGINES: list = []

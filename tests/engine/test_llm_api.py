@@ -102,7 +102,8 @@ def test_stop_strings_and_stop_token_ids(smollm2_llm):
     stop = base.text[8:11]
     assert len(stop) == 3 and base.text.find(stop) == 8, base.text
     cut, kept = smollm2_llm.generate(
-        [prompt, prompt], [greedy(12, stop=["never appears", stop]), greedy(12, stop=stop, include_stop_str_in_output=True)]
+        [prompt, prompt],
+        [greedy(12, stop=["never appears", stop]), greedy(12, stop=stop, include_stop_str_in_output=True)],
     )
     assert cut.outputs[0].text == base.text[:8] and stop not in cut.outputs[0].text
     assert cut.outputs[0].finish_reason == "stop" and cut.outputs[0].stop_reason == stop
@@ -209,7 +210,8 @@ def test_prompt_too_long(smollm2_llm):
     assert_engine_idle(smollm2_llm.engine)
     # The engine still works, and a prompt just under the limit is accepted.
     out = smollm2_llm.generate({"prompt_token_ids": [28] * (limit - 2)}, greedy(4))[0]
-    assert out.outputs[0].finish_reason == "length" and len(out.prompt_token_ids) + len(out.outputs[0].token_ids) <= limit
+    assert out.outputs[0].finish_reason == "length"
+    assert len(out.prompt_token_ids) + len(out.outputs[0].token_ids) <= limit
 
 
 def test_max_model_len_caps_generation(smollm2_llm):
@@ -253,3 +255,35 @@ def test_bad_generate_arguments(smollm2_llm):
         smollm2_llm.generate({"prompt_token_ids": []}, greedy(2))
     with pytest.raises(ValueError):
         smollm2_llm.chat([{"role": "wizard", "content": "hi"}], greedy(2))
+
+
+def test_interrupted_generate_and_abort_free_everything(smollm2_llm, monkeypatch):
+    engine = smollm2_llm.engine
+    step = engine.step
+    calls = []
+
+    def interrupted_step():
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return step()
+
+    monkeypatch.setattr(engine, "step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        smollm2_llm.generate(["Hello", "Once upon a time", "1, 2, 3,"], greedy(20, ignore_eos=True))
+    assert_engine_idle(engine)
+    monkeypatch.undo()
+
+    # LLMEngine.abort_request mid-run: a final "abort" output, blocks back at once.
+    engine.add_request("a", "The capital of France is", greedy(20, ignore_eos=True))
+    engine.add_request("b", "Water is", SamplingParams(n=2, temperature=1.0, max_tokens=20))
+    for _ in range(3):
+        engine.step()
+    assert engine.scheduler.kv_cache_manager.num_free_blocks < engine.scheduler.kv_cache_manager.num_total_blocks
+    (aborted_a,) = engine.abort_request("a")
+    assert aborted_a.finished and aborted_a.outputs[0].finish_reason == "abort"
+    assert len(aborted_a.outputs[0].token_ids) == 3
+    (aborted_b,) = engine.abort_request(["b"])
+    assert [c.finish_reason for c in aborted_b.outputs] == ["abort", "abort"]
+    assert engine.abort_request("a") == []  # already gone
+    assert not engine.has_unfinished_requests()

@@ -232,3 +232,23 @@ def test_tiny_prefix_cache_hits(tiny, make_llm):
     assert sum(o.num_cached_tokens > 0 for o in rerun) >= 4
     assert llm.engine.scheduler.kv_cache_manager.prefix_cache_hits > 0
     assert check_outputs(reference, together + rerun, TINY_MAX_TOKENS) == {"exact": 4 + len(prompts)}
+
+
+def test_reference_check_accepts_only_rounding_ties():
+    from tests.engine.conftest import HFReference
+
+    reference = HFReference(model=None, tie_tolerance=1e-4)
+    logits = [
+        torch.tensor([0.0, 5.0, 1.0, 0.0]),
+        torch.tensor([0.0, 2.0, 2.00005, 0.0]),  # a rounding tie between tokens 2 and 1
+        torch.tensor([3.0, 0.0, 0.0, 0.0]),
+    ]
+    reference._cache[((7, 8), 3)] = ([1, 2, 0], logits)
+    assert reference.check([7, 8], [1, 2, 0], 3) == "exact"
+    assert reference.check([7, 8], [1, 1, 3], 3) == "near-tie"  # diverges at the tie, then anything
+    with pytest.raises(AssertionError, match="top-2 gap"):
+        reference.check([7, 8], [2, 2, 0], 3)  # diverges where the reference is sure
+    with pytest.raises(AssertionError, match="top-2 gap"):
+        reference.check([7, 8], [1, 3, 0], 3)  # not one of the tied two
+    with pytest.raises(AssertionError, match="stopped early"):
+        reference.check([7, 8], [1, 2], 3)
