@@ -42,7 +42,9 @@ def choose_num_blocks(
 def allocate_kv_caches(
     num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device
 ) -> list[torch.Tensor]:
+    # NOTE: uninitialized on purpose (zeroing gigabytes takes seconds): attention reads only
+    # slots below each sequence's length, all written before they are read.
     return [
-        torch.zeros(2, num_blocks, block_size, num_kv_heads, head_dim, dtype=dtype, device=device)
+        torch.empty(2, num_blocks, block_size, num_kv_heads, head_dim, dtype=dtype, device=device)
         for _ in range(num_layers)
     ]
