@@ -75,7 +75,13 @@ def bench_localllm(model: str, output_len: int, concurrency: int, dtype: str) ->
 
     single = decode_rate(1)
     batched = decode_rate(concurrency)
-    return {"version": localllm.__version__, "dtype": str(engine.runner.dtype), "single": single, "concurrent": batched}
+    return {
+        "version": localllm.__version__,
+        "dtype": str(engine.runner.dtype),
+        "quantization": engine.runner.quantization,
+        "single": single,
+        "concurrent": batched,
+    }
 
 
 def bench_transformers(gguf_path: str, output_len: int) -> dict:
