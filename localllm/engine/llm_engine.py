@@ -52,8 +52,7 @@ def build_engine_config(
             logger.warning("max_model_len %d exceeds the model's context %d", max_model_len, model_len)
         model_len = max_model_len
     if max_num_batched_tokens is None:
-        max_num_batched_tokens = max(2048, min(model_len, 8192)) if max_model_len is None else max(2048, model_len)
-        max_num_batched_tokens = min(max_num_batched_tokens, 8192)
+        max_num_batched_tokens = min(max(2048, model_len), 8192)
     config = EngineConfig(
         model=ModelConfig(
             model=model,
