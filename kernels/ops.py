@@ -1,14 +1,65 @@
-"""Kernel entry points: check shapes, dtypes and devices, then dispatch.
+"""Kernel entry points: check shapes, dtypes and devices, then dispatch to a Triton kernel
+(`triton/`) or the pure-torch `reference`.
 
-Every op dispatches to `reference` (pure torch) today; a Triton kernel takes over per op on CUDA
-once it lands in `triton/`. Checks read only tensor metadata: nothing here syncs with the device.
+Backend choice, per call, from the tensors' device and the process-wide setting
+(`LOCALLLM_KERNELS` in the environment, or `use_backend(...)`):
+  auto (default)  Triton on CUDA tensors, the reference elsewhere;
+  triton          Triton everywhere (CPU tensors need TRITON_INTERPRET=1: tests only);
+  reference       the reference everywhere (the GPU parity oracle).
+Checks read only tensor metadata: nothing here syncs with the device, so every op can be
+captured in a CUDA graph.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
+from typing import Iterator
+
 import torch
 
 from . import reference
+
+BACKENDS = ("auto", "triton", "reference")
+_backend = os.environ.get("LOCALLLM_KERNELS", "auto")
+if _backend not in BACKENDS:
+    raise ValueError(f"LOCALLLM_KERNELS must be one of {', '.join(BACKENDS)}, got {_backend!r}")
+
+
+@functools.cache
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def get_backend() -> str:
+    return _backend
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the ops of a block on one backend (tests, parity runs)."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    previous, _backend = _backend, name
+    try:
+        yield
+    finally:
+        _backend = previous
+
+
+def uses_triton(device: torch.device) -> bool:
+    """Whether ops on tensors of `device` run the Triton kernels under the current setting."""
+    if _backend == "reference":
+        return False
+    if _backend == "triton":
+        return True
+    return torch.device(device).type == "cuda" and triton_available()
 
 
 def _check(condition: bool, message: str) -> None:
@@ -28,7 +79,8 @@ def store_kv_cache(
     key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
     """Write key/value [T, Hkv, D] into kv_cache [2, num_blocks, block_size, Hkv, D] at
-    slot_mapping int64 [T] (slot = block_id * block_size + offset), in place."""
+    slot_mapping int64 [T] (slot = block_id * block_size + offset), in place. On the Triton path
+    a negative slot writes nothing (CUDA-graph padding rows)."""
     _check_kv_cache(kv_cache)
     num_kv_heads, head_size = kv_cache.shape[3:]
     _check(key.dim() == 3 and tuple(key.shape[1:]) == (num_kv_heads, head_size),
@@ -37,6 +89,12 @@ def store_kv_cache(
     _check(slot_mapping.dtype == torch.int64 and slot_mapping.shape == (key.shape[0],),
            f"slot_mapping must be int64 [{key.shape[0]}], got {slot_mapping.dtype} {tuple(slot_mapping.shape)}")
     _check(key.device == kv_cache.device == slot_mapping.device, "key, kv_cache and slot_mapping must share a device")
+    _check(key.stride(-1) == 1 and value.stride(-1) == 1, "key and value must be contiguous in their last dim")
+    if uses_triton(kv_cache.device):
+        from .triton import kv_store
+
+        kv_store.store_kv_cache(key, value, kv_cache, slot_mapping)
+        return
     reference.store_kv_cache(key, value, kv_cache, slot_mapping)
 
 
@@ -56,6 +114,8 @@ def paged_attention(
 
     Semantics: localllm.forward_context.AttentionMetadata. block_table entries past a sequence's
     last block are padding: any valid block id (the runner uses 0); they are masked out.
+    max_seq_len may be any upper bound of seq_lens (CUDA graphs pass max_model_len); on the Triton
+    path a decode row with seq_len 0 is padding and comes out as zeros.
     """
     _check_kv_cache(kv_cache)
     num_kv_heads, head_size = kv_cache.shape[3:]
@@ -76,6 +136,17 @@ def paged_attention(
            f"block_table has {block_table.shape[1]} blocks per row, too few for max_seq_len {max_seq_len}")
     _check(max_query_len >= 1 and max_seq_len >= max_query_len, "need 1 <= max_query_len <= max_seq_len")
     _check(max_query_len > 1 or query.shape[0] == num_seqs, "a decode-only batch has one token per sequence")
+    _check(query.stride(-1) == 1, "query must be contiguous in its last dim")
+    if uses_triton(query.device):
+        if max_query_len == 1:
+            from .triton import attention_decode
+
+            return attention_decode.paged_attention_decode(query, kv_cache, seq_lens, block_table, scale, max_seq_len)
+        from .triton import attention_prefill
+
+        return attention_prefill.paged_attention_prefill(
+            query, kv_cache, query_start_loc, seq_lens, block_table, scale, max_query_len, max_seq_len
+        )
     return reference.paged_attention(
         query, kv_cache, query_start_loc, seq_lens, block_table, scale,
         max_query_len, max_seq_len, query_start_loc_cpu, seq_lens_cpu,
@@ -91,6 +162,11 @@ def rms_norm(
            f"weight [{weight.shape[0] if weight.dim() else '?'}] must match x's last dim {x.shape[-1]}")
     _check(residual is None or residual.shape == x.shape,
            f"residual {None if residual is None else tuple(residual.shape)} must match x {tuple(x.shape)}")
+    _check(x.stride(-1) == 1, "x must be contiguous in its last dim")
+    if uses_triton(x.device):
+        from .triton import rms_norm as triton_rms_norm
+
+        return triton_rms_norm.rms_norm(x, weight, eps, residual)
     return reference.rms_norm(x, weight, eps, residual)
 
 
@@ -103,7 +179,9 @@ def rotary_embedding(
     is_neox_style: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary embedding of query [T, Hq*D] and key [T, Hkv*D] at positions int64 [T];
-    cos_sin_cache [max_position, rot_dim] (cos then sin halves). Returns (query, key)."""
+    cos_sin_cache [max_position, rot_dim] (cos then sin halves). Returns (query, key): the
+    Triton path rotates in place and returns its inputs, the reference returns new tensors, so
+    callers use the returned tensors and must not rely on the inputs either way."""
     num_tokens = positions.shape[0]
     _check(positions.dim() == 1 and positions.dtype == torch.int64, "positions must be int64 [T]")
     _check(query.dim() == 2 and query.shape[0] == num_tokens and query.shape[1] % head_size == 0,
@@ -113,10 +191,20 @@ def rotary_embedding(
     rot_dim = cos_sin_cache.shape[-1]
     _check(cos_sin_cache.dim() == 2 and rot_dim % 2 == 0 and rot_dim <= head_size,
            f"cos_sin_cache must be [max_position, rot_dim <= {head_size}], got {tuple(cos_sin_cache.shape)}")
+    if uses_triton(query.device):
+        _check(query.stride(-1) == 1 and key.stride(-1) == 1, "query and key must be contiguous in their last dim")
+        from .triton import rotary
+
+        return rotary.rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox_style)
     return reference.rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox_style)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """x [..., 2I] -> silu(x[..., :I]) * x[..., I:] of shape [..., I]."""
     _check(x.shape[-1] % 2 == 0, f"last dim must be even, got {x.shape[-1]}")
+    if uses_triton(x.device):
+        _check(x.stride(-1) == 1, "x must be contiguous in its last dim")
+        from .triton import activation
+
+        return activation.silu_and_mul(x)
     return reference.silu_and_mul(x)

@@ -19,8 +19,14 @@ class ModelConfig:
     # None: run the weights as loaded. "int4": 4-bit groups through torch's CPU kernel.
     # "auto": int4 on the CPU when the file is already 4-bit (a Q4 GGUF), else None.
     quantization: str | None = "auto"
+    # False: decode steps on CUDA replay CUDA graphs captured at start (vLLM's switch name).
+    enforce_eager: bool = False
+    # Largest decode batch captured in a graph; bigger batches run eagerly. None: max_num_seqs.
+    max_cudagraph_batch_size: int | None = None
 
     def __post_init__(self) -> None:
+        if self.max_cudagraph_batch_size is not None and self.max_cudagraph_batch_size < 1:
+            raise ValueError(f"max_cudagraph_batch_size must be >= 1, got {self.max_cudagraph_batch_size}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

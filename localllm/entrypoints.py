@@ -12,13 +12,14 @@ from localllm.sampling_params import RequestOutputKind, SamplingParams
 class LLM:
     """LLM(model="smollm2", max_model_len=None, max_num_seqs=64, max_num_batched_tokens=None,
     block_size=16, enable_prefix_caching=True, kv_cache_blocks=None, dtype="auto",
-    device="auto", seed=0, gpu_memory_utilization=0.9)"""
+    device="auto", seed=0, gpu_memory_utilization=0.9, enforce_eager=False,
+    max_cudagraph_batch_size=None)"""
 
     def __init__(self, model: str = "smollm2", **options) -> None:
         # vLLM spellings accepted for drop-in use.
         if "num_gpu_blocks_override" in options:
             options["kv_cache_blocks"] = options.pop("num_gpu_blocks_override")
-        for ignored in ("tokenizer", "trust_remote_code", "tensor_parallel_size", "enforce_eager"):
+        for ignored in ("tokenizer", "trust_remote_code", "tensor_parallel_size"):
             options.pop(ignored, None)
         self.engine = LLMEngine.from_options(model, **options)
 

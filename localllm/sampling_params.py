@@ -35,6 +35,7 @@ class SamplingParams:
     logprobs: int | None = None  # number of top logprobs per generated token (plus the sampled one)
     prompt_logprobs: int | None = None  # number of top logprobs per prompt token
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    detokenize: bool = True  # False: token ids only, no text (and no stop strings)
     # Filled by the engine from the model's generation config / tokenizer; not user-facing.
     _eos_token_ids: frozenset[int] = field(default_factory=frozenset, repr=False)
 
@@ -84,6 +85,8 @@ class SamplingParams:
                 raise bad(name, value, "an integer in [0, 20] or None")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise bad("stop", self.stop, "non-empty strings")
+        if self.stop and not self.detokenize:
+            raise ValueError("stop strings need detokenize=True (use stop_token_ids to stop on ids)")
         if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
             raise bad("stop_token_ids", self.stop_token_ids, "non-negative integers")
 

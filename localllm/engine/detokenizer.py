@@ -26,7 +26,12 @@ class Tokenizer(Protocol):
 
 
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer: Tokenizer, prompt_token_ids: list[int], params: SamplingParams) -> None:
+    def __init__(self, tokenizer: Tokenizer | None, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        # NOTE: with no tokenizer (an engine built from ids only) or detokenize=False, the text
+        # stays empty and no stop string can match (SamplingParams forbids them then).
+        self.enabled = tokenizer is not None and params.detokenize
+        if params.stop and not self.enabled:
+            raise ValueError("stop strings need a tokenizer and detokenize=True")
         self.tokenizer = tokenizer
         self.skip_special_tokens = params.skip_special_tokens
         self.stop: list[str] = list(params.stop or [])
@@ -63,6 +68,9 @@ class IncrementalDetokenizer:
         ends the request; its text is then left out, unless include_stop_str_in_output (vLLM).
         Calls after a stop string matched change nothing."""
         if self.stop_reason is not None:
+            return None
+        if not self.enabled:
+            self._num_output_tokens += len(new_token_ids)
             return None
         to_decode = new_token_ids
         if stop_terminated and not self.include_stop_str_in_output and new_token_ids:
@@ -125,4 +133,6 @@ class IncrementalDetokenizer:
 
     def decode_token(self, token_id: int) -> str:
         """One token's own text, for Logprob.decoded_token (special tokens shown, vLLM-like)."""
+        if not self.enabled:
+            return ""
         return self.tokenizer.decode([token_id], skip_special_tokens=False)

@@ -38,6 +38,8 @@ def build_engine_config(
     device: str = "auto",
     seed: int = 0,
     quantization: str | None = "auto",
+    enforce_eager: bool = False,
+    max_cudagraph_batch_size: int | None = None,
 ) -> tuple[EngineConfig, "object"]:
     """Resolve the model name, read its checkpoint header, and fix every limit. Returns the
     config and the opened checkpoint (weights are read later, lazily)."""
@@ -62,6 +64,8 @@ def build_engine_config(
             max_model_len=model_len,
             seed=seed,
             quantization=None if quantization in (None, "none") else quantization,
+            enforce_eager=enforce_eager,
+            max_cudagraph_batch_size=max_cudagraph_batch_size,
         ),
         cache=CacheConfig(
             block_size=block_size,
@@ -108,6 +112,8 @@ class LLMEngine:
 
     def tokenize(self, prompt: PromptType) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this engine has no tokenizer: pass {'prompt_token_ids': [...]}")
             token_ids = self.tokenizer.encode(prompt, add_special_tokens=True)
             bos = self.tokenizer.bos_token_id
             # NOTE: a rendered chat template already starts with BOS; do not add a second.

@@ -188,7 +188,8 @@ class OutputProcessor:
             d: dict[int, Logprob] = {}
             for token_id, logprob, rank in zip(entry.token_ids, entry.logprobs, entry.ranks):
                 if token_id not in d:
-                    d[token_id] = Logprob(logprob, rank, self.tokenizer.decode([token_id]))
+                    text = self.tokenizer.decode([token_id]) if self.tokenizer is not None else None
+                    d[token_id] = Logprob(logprob, rank, text)
             result.append(d)
         return result
 

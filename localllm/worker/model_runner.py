@@ -8,8 +8,12 @@ catches up with its known tokens) and for prompt positions whose logprobs were a
 
 from __future__ import annotations
 
+import logging
+import time
+
 import torch
 
+from localllm.kernels import ops
 from localllm.config import CacheConfig, ModelConfig, SchedulerConfig
 from localllm.engine.request import Request
 from localllm.layers.int4_cpu_linear import convert_linears_to_int4, int4_kernel_available
@@ -18,7 +22,12 @@ from localllm.models.loader import Checkpoint
 from localllm.models.registry import build_model, kv_cache_spec
 from localllm.outputs import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
 from localllm.worker.kv_cache import allocate_kv_caches, choose_num_blocks, kv_bytes_per_block
+from localllm.worker.cuda_graph import DecodeCUDAGraphs
 from localllm.worker.sampler import Sampler, SamplingBatch, compute_prompt_logprobs, seeded_generator
+from localllm.worker.transfer import to_device
+
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -88,6 +97,48 @@ class ModelRunner:
         )
         self.sampler = Sampler()
         self.generators: dict[str, torch.Generator] = {}
+        self.cuda_graphs: DecodeCUDAGraphs | None = None
+        if self.device.type == "cuda" and ops.uses_triton(self.device):
+            self._warm_up(model_config, scheduler_config)
+
+    @torch.inference_mode()
+    def _warm_up(self, model_config: ModelConfig, scheduler_config: SchedulerConfig) -> None:
+        """Compile the prefill kernels on a dummy chunk, then capture the decode graphs, so the
+        first request pays neither. The dummy chunk writes block 0, which no request owns yet."""
+        started = time.monotonic()
+        num_tokens = min(self.block_size, scheduler_config.max_model_len)
+        ids = torch.zeros(num_tokens, dtype=torch.int64, device=self.device)
+        positions = torch.arange(num_tokens, dtype=torch.int64, device=self.device)
+        metadata = AttentionMetadata(
+            num_seqs=1,
+            num_tokens=num_tokens,
+            query_start_loc=torch.tensor([0, num_tokens], dtype=torch.int32, device=self.device),
+            seq_lens=torch.tensor([num_tokens], dtype=torch.int32, device=self.device),
+            block_table=torch.zeros(1, 1, dtype=torch.int32, device=self.device),
+            slot_mapping=positions.clone(),
+            max_query_len=num_tokens,
+            max_seq_len=num_tokens,
+            query_start_loc_cpu=[0, num_tokens],
+            seq_lens_cpu=[num_tokens],
+        )
+        with set_forward_context(ForwardContext(attn_metadata=metadata, kv_caches=self.kv_caches)):
+            hidden = self.model(ids, positions)
+        self.model.compute_logits(hidden[-1:])
+        torch.cuda.synchronize(self.device)
+        compile_seconds = time.monotonic() - started
+        if model_config.enforce_eager:
+            logger.info("warm-up (kernel compilation) took %.1f s; CUDA graphs off (enforce_eager)", compile_seconds)
+            return
+        max_batch = min(model_config.max_cudagraph_batch_size or scheduler_config.max_num_seqs,
+                        scheduler_config.max_num_seqs)
+        self.cuda_graphs = DecodeCUDAGraphs(
+            self.model, self.kv_caches, max_batch, scheduler_config.max_model_len, self.block_size, self.device
+        )
+        seconds = self.cuda_graphs.capture()
+        logger.info(
+            "warm-up: kernels compiled in %.1f s; %d CUDA graphs (decode batches up to %d) captured in %.1f s",
+            compile_seconds, len(self.cuda_graphs.sizes), self.cuda_graphs.max_batch_size, seconds,
+        )
 
     # ------------------------------------------------------------------ the step
 
@@ -138,30 +189,44 @@ class ModelRunner:
         device = self.device
         max_blocks = max(len(b) for b in scheduler_output.block_ids)
         block_table = [b + [0] * (max_blocks - len(b)) for b in scheduler_output.block_ids]
-        metadata = AttentionMetadata(
-            num_seqs=len(requests),
-            num_tokens=len(input_ids),
-            query_start_loc=torch.tensor(query_start_loc, dtype=torch.int32, device=device),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
-            block_table=torch.tensor(block_table, dtype=torch.int32, device=device),
-            slot_mapping=torch.tensor(slot_mapping, dtype=torch.int64, device=device),
-            max_query_len=max(scheduler_output.num_scheduled_tokens),
-            max_seq_len=max(seq_lens),
-            query_start_loc_cpu=query_start_loc,
-            seq_lens_cpu=seq_lens,
-        )
-        input_ids_t = torch.tensor(input_ids, dtype=torch.int64, device=device)
-        positions_t = torch.tensor(positions, dtype=torch.int64, device=device)
-        with set_forward_context(ForwardContext(attn_metadata=metadata, kv_caches=self.kv_caches)):
-            hidden = self.model(input_ids_t, positions_t)
-
+        # NOTE: every host -> device copy is queued before the forward, and the sampling batch
+        # is built before it too: nothing between the forward and the sampler waits on the GPU.
+        input_ids_t = to_device(input_ids, torch.int64, device)
+        positions_t = to_device(positions, torch.int64, device)
+        slot_mapping_t = to_device(slot_mapping, torch.int64, device)
+        seq_lens_t = to_device(seq_lens, torch.int32, device)
+        block_table_t = to_device(block_table, torch.int32, device)
         rows = prompt_rows + sample_rows
-        logits = self.model.compute_logits(hidden[torch.tensor(rows, dtype=torch.int64, device=device)]) if rows else None
+        rows_t = to_device(rows, torch.int64, device) if rows else None
+        targets = to_device(prompt_targets, torch.int64, device) if prompt_rows else None
+        batch = self._sampling_batch(sample_requests) if sample_rows else None
+
+        max_query_len = max(scheduler_output.num_scheduled_tokens)
+        graphs = self.cuda_graphs
+        decode_only = max_query_len == 1 and len(sample_rows) == len(requests) and not prompt_rows
+        if graphs is not None and decode_only and graphs.can_run(len(requests)):
+            # Every row samples, so the graph's logits rows are exactly the sample rows.
+            logits = graphs.run(input_ids_t, positions_t, slot_mapping_t, seq_lens_t, block_table_t)
+        else:
+            metadata = AttentionMetadata(
+                num_seqs=len(requests),
+                num_tokens=len(input_ids),
+                query_start_loc=to_device(query_start_loc, torch.int32, device),
+                seq_lens=seq_lens_t,
+                block_table=block_table_t,
+                slot_mapping=slot_mapping_t,
+                max_query_len=max_query_len,
+                max_seq_len=max(seq_lens),
+                query_start_loc_cpu=query_start_loc,
+                seq_lens_cpu=seq_lens,
+            )
+            with set_forward_context(ForwardContext(attn_metadata=metadata, kv_caches=self.kv_caches)):
+                hidden = self.model(input_ids_t, positions_t)
+            logits = self.model.compute_logits(hidden[rows_t]) if rows else None
 
         prompt_logprobs: dict[str, list[TokenLogprobs | None]] = {}
         if prompt_rows:
             prompt_logits = logits[: len(prompt_rows)]
-            targets = torch.tensor(prompt_targets, dtype=torch.int64, device=device)
             for request, first_row, count in prompt_spans:
                 entries = compute_prompt_logprobs(
                     prompt_logits[first_row : first_row + count],
@@ -172,7 +237,6 @@ class ModelRunner:
 
         sampled_by_request: dict[str, tuple[int, TokenLogprobs | None]] = {}
         if sample_rows:
-            batch = self._sampling_batch(sample_requests)
             sampler_output = self.sampler(logits[len(prompt_rows) :], batch)
             token_ids = sampler_output.sampled.tolist()  # the step's one host sync
             for request, token, lp in zip(sample_requests, token_ids, sampler_output.logprobs):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from localllm.sampling_params import SamplingParams
+from localllm.worker.transfer import to_device
 
 _GREEDY_EPS = 1e-5  # NOTE: same threshold as SamplingParams.greedy
 
@@ -25,10 +26,8 @@ def _flat_index(rows: list[list[int]], device: torch.device) -> tuple[torch.Tens
     """(row ids, token ids) of every listed token, as two int64 tensors for index_put."""
     r = [i for i, toks in enumerate(rows) for _ in toks]
     c = [t for toks in rows for t in toks]
-    return (
-        torch.tensor(r, dtype=torch.int64, device=device),
-        torch.tensor(c, dtype=torch.int64, device=device),
-    )
+    both = to_device([r, c], torch.int64, device)
+    return both[0], both[1]
 
 
 def _penalizes(p: SamplingParams) -> bool:
@@ -97,18 +96,20 @@ class SamplingBatch:
         no_min_p = all(p.min_p <= 0.0 for p in params)
         no_penalties = not any(_penalizes(p) for p in params)
 
-        def f32(values: list[float]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.float32, device=device)
-
+        # One transfer for all float settings, one for the integer ones.
+        fields = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
+        floats = to_device([[getattr(p, f) for p in params] for f in fields], torch.float32, device)
         num_logprobs = [p.logprobs for p in params]
+        logprob_rows = [i for i, k in enumerate(num_logprobs) if k is not None]
+        ints = to_device([max(p.top_k, 0) for p in params] + logprob_rows, torch.int64, device)
         return cls(
-            temperature=f32([p.temperature for p in params]),
-            top_p=f32([p.top_p for p in params]),
-            top_k=torch.tensor([max(p.top_k, 0) for p in params], dtype=torch.int64, device=device),
-            min_p=f32([p.min_p for p in params]),
-            presence_penalty=f32([p.presence_penalty for p in params]),
-            frequency_penalty=f32([p.frequency_penalty for p in params]),
-            repetition_penalty=f32([p.repetition_penalty for p in params]),
+            temperature=floats[0],
+            top_p=floats[1],
+            top_k=ints[:n],
+            min_p=floats[2],
+            presence_penalty=floats[3],
+            frequency_penalty=floats[4],
+            repetition_penalty=floats[5],
             generators=list(generators),
             prompt_token_ids=prompt_token_ids,
             output_token_ids=output_token_ids,
@@ -132,7 +133,5 @@ class SamplingBatch:
             output_index=_flat_index(
                 [t if _penalizes(p) else [] for p, t in zip(params, output_token_ids)], device
             ),
-            logprob_rows=torch.tensor(
-                [i for i, k in enumerate(num_logprobs) if k is not None], dtype=torch.int64, device=device
-            ),
+            logprob_rows=ints[n:],
         )

@@ -1,0 +1,32 @@
+"""Triton kernels run on the GPU when there is one, else under Triton's interpreter.
+
+NOTE: TRITON_INTERPRET is read when a kernel is decorated, so it must be set before any
+`localllm.kernels.triton` module is imported; this conftest loads before the test modules.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+HAS_TRITON = _triton_importable()
+# Real shapes on a GPU; small ones under the interpreter (it runs each program in Python).
+KERNEL_DEVICE = "cuda" if HAS_CUDA else "cpu"
+REAL_SHAPES = HAS_CUDA
+
+requires_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
