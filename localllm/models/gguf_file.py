@@ -152,6 +152,8 @@ class GGUFFile:
         from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
         from gguf.quants import dequantize
 
+        from localllm.models.gguf_dequant import dequantize_blocks
+
         info = self.tensors[name]
         raw = self._blob[info.offset : info.offset + info.nbytes]
         qtype = GGMLQuantizationType(info.ggml_type)
@@ -162,6 +164,9 @@ class GGUFFile:
         elif qtype == GGMLQuantizationType.BF16:
             return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16).reshape(info.shape).float()
         else:
+            fast = dequantize_blocks(torch.from_numpy(raw), info.ggml_type)
+            if fast is not None:
+                return fast.view(info.shape)
             block_elems, block_bytes = GGML_QUANT_SIZES[qtype]
             rows = raw.reshape(-1, info.shape[-1] // block_elems * block_bytes)
             try:

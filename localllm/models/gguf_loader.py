@@ -8,9 +8,14 @@ written with the neox rotary layout and are not permuted.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 import os
 import re
+import shutil
+import tempfile
+from pathlib import Path
 
 import torch
 from gguf import GGMLQuantizationType
@@ -18,6 +23,8 @@ from gguf import GGMLQuantizationType
 from localllm.errors import ModelLoadError, UnsupportedModelError
 from localllm.models.gguf_file import GGUFFile
 from localllm.models.loader import Checkpoint, LazyWeights, clamp_to_window, eos_token_ids
+
+logger = logging.getLogger(__name__)
 
 # GGUF architecture -> (transformers config class, HF architecture)
 _ARCHS = {
@@ -99,9 +106,18 @@ def _llama3_rope_from_freqs(gguf: GGUFFile, head_dim: int, theta: float) -> dict
     raise ModelLoadError(gguf.path, "rope_freqs does not match Llama 3 rope scaling; cannot reproduce it")
 
 
-def build_hf_config(gguf: GGUFFile):
-    import transformers
+def _light_config_class(model_type: str):
+    """A PretrainedConfig subclass carrying only `model_type`.
 
+    NOTE: importing transformers' LlamaConfig / Qwen2Config pulls in torch.compile and the hub
+    kernel machinery (~2 s of start-up); our model reads only plain attributes (rope_parameters
+    included), so a bare config holding the GGUF's values serves."""
+    from transformers import PretrainedConfig
+
+    return type(f"GGUF{model_type.capitalize()}Config", (PretrainedConfig,), {"model_type": model_type})
+
+
+def build_hf_config(gguf: GGUFFile):
     arch = gguf.architecture
     if arch not in _ARCHS:
         raise UnsupportedModelError(gguf.path, arch, sorted(_ARCHS))
@@ -143,8 +159,8 @@ def build_hf_config(gguf: GGUFFile):
         head_dim=head_dim,
         max_position_embeddings=int(get("context_length", 2048)),
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-6)),
-        rope_theta=theta,
-        rope_scaling=scaling,
+        # transformers 5 spelling; localllm.layers.rotary.rope_parameters reads either.
+        rope_parameters={"rope_theta": theta, **(scaling or {"rope_type": "default"})},
         tie_word_embeddings="output.weight" not in gguf.tensors,
         bos_token_id=md.get("tokenizer.ggml.bos_token_id"),
         eos_token_id=md.get("tokenizer.ggml.eos_token_id"),
@@ -155,8 +171,9 @@ def build_hf_config(gguf: GGUFFile):
         kwargs["attention_bias"] = "blk.0.attn_q.bias" in gguf.tensors
     if arch in ("qwen2", "qwen3"):
         kwargs["use_sliding_window"] = False
+    kwargs.update(hidden_act="silu", attention_dropout=0.0)
     try:
-        return getattr(transformers, config_cls_name)(**kwargs)
+        return _light_config_class(arch)(**kwargs)
     except Exception as e:
         raise ModelLoadError(gguf.path, f"GGUF metadata gives an invalid {config_cls_name}: {e}") from None
 
@@ -178,15 +195,50 @@ def _stream(gguf: GGUFFile, hf_config):
         yield target, tensor
 
 
+def _tokenizer_cache_dir(path: str) -> Path:
+    """Where the tokenizer converted from this exact file (path, size, mtime) is kept."""
+    from localllm.hub.resolve import localllm_home
+
+    stat = os.stat(path)
+    key = hashlib.sha256(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:24]
+    return localllm_home() / "tokenizers" / key
+
+
 def _tokenizer(path: str):
+    """The GGUF's tokenizer. Converting it from the metadata takes about a second, so the result
+    is saved once (tokenizer.json and config) and later loads read that instead.
+    NOTE: the cache is keyed by the file's path, size and mtime, and written to a temporary
+    directory then renamed, so a reader never sees a half-written copy."""
     from transformers import PreTrainedTokenizerFast
 
+    cache = _tokenizer_cache_dir(path)
+    if (cache / "tokenizer.json").is_file():
+        try:
+            return PreTrainedTokenizerFast.from_pretrained(str(cache), local_files_only=True)
+        except Exception as e:  # a damaged cache entry: rebuild it below
+            logger.warning("ignoring the cached tokenizer in %s: %s", cache, e)
+            shutil.rmtree(cache, ignore_errors=True)
     try:
-        return PreTrainedTokenizerFast.from_pretrained(
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(
             os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path), local_files_only=True
         )
     except Exception as e:
         raise ModelLoadError(path, f"cannot build the tokenizer from the GGUF metadata: {e}") from None
+    _save_tokenizer(tokenizer, cache)
+    return tokenizer
+
+
+def _save_tokenizer(tokenizer, cache: Path) -> None:
+    staging = None
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=cache.name + ".", dir=cache.parent))
+        tokenizer.save_pretrained(str(staging))
+        os.replace(staging, cache)
+    except OSError as e:  # a read-only home, or a concurrent writer that won: nothing is lost
+        logger.debug("tokenizer cache not written (%s)", e)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_gguf(path: str) -> Checkpoint:

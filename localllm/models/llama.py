@@ -65,7 +65,7 @@ class _Variant:
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config, variant: _Variant, layer_idx: int, max_position: int, dtype, device):
+    def __init__(self, config, variant: _Variant, layer_idx: int, rotary_emb: RotaryEmbedding, dtype, device):
         super().__init__()
         _, num_kv_heads, head_dim = kv_cache_spec(config)
         num_heads = config.num_attention_heads
@@ -76,8 +76,7 @@ class LlamaAttention(nn.Module):
         self.o_proj = Linear(self.q_size, hidden, variant.o_bias, dtype, device)
         self.q_norm = RMSNorm(head_dim, config.rms_norm_eps, dtype, device) if variant.qk_norm else None
         self.k_norm = RMSNorm(head_dim, config.rms_norm_eps, dtype, device) if variant.qk_norm else None
-        theta, scaling = rope_parameters(config)
-        self.rotary_emb = RotaryEmbedding(head_dim, head_dim, max_position, theta, scaling, dtype, device)
+        self.rotary_emb = rotary_emb
         self.attn = Attention(num_heads, head_dim, head_dim**-0.5, num_kv_heads, layer_idx)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -103,9 +102,9 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config, variant: _Variant, layer_idx: int, max_position: int, dtype, device):
+    def __init__(self, config, variant: _Variant, layer_idx: int, rotary_emb: RotaryEmbedding, dtype, device):
         super().__init__()
-        self.self_attn = LlamaAttention(config, variant, layer_idx, max_position, dtype, device)
+        self.self_attn = LlamaAttention(config, variant, layer_idx, rotary_emb, dtype, device)
         self.mlp = LlamaMLP(config, variant, dtype, device)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
@@ -127,8 +126,12 @@ class LlamaModel(nn.Module):
         super().__init__()
         tied = bool(getattr(config, "tie_word_embeddings", False))
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, dtype, device, used_as_lm_head=tied)
+        _, _, head_dim = kv_cache_spec(config)
+        theta, scaling = rope_parameters(config)
+        # NOTE: one cos/sin table shared by every layer (building one per layer cost ~40 ms each).
+        rotary_emb = RotaryEmbedding(head_dim, head_dim, max_position, theta, scaling, dtype, device)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, variant, i, max_position, dtype, device) for i in range(config.num_hidden_layers)
+            LlamaDecoderLayer(config, variant, i, rotary_emb, dtype, device) for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
 
