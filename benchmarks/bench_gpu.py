@@ -1,7 +1,7 @@
 """GPU benchmark: the card's ceilings, the attention kernels, and the engine end to end, in one run.
 
     PYTHONPATH=. python3 benchmarks/bench_gpu.py [--output benchmarks/results-<card>.json]
-        [--skip-hf] [--sections ceilings,decode_attention,prefill_attention,e2e]
+        [--skip-hf] [--sections ceilings,decode_attention,prefill_attention,e2e,w4a16]
 
 1. Ceilings: device-to-device copy bandwidth (bytes read + written) and the bf16 matrix rate
    (8192^3 through torch.matmul), both measured here, not taken from a datasheet.
@@ -387,7 +387,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", default=None)
     parser.add_argument("--skip-hf", action="store_true")
-    parser.add_argument("--sections", default="ceilings,decode_attention,prefill_attention,e2e")
+    parser.add_argument("--sections", default="ceilings,decode_attention,prefill_attention,e2e,w4a16")
     args = parser.parse_args()
     sections = args.sections.split(",")
     props = torch.cuda.get_device_properties(0)
@@ -417,6 +417,10 @@ def main() -> int:
                 RESULTS["prefill_attention"] = prefill_attention()
             elif name == "e2e":
                 RESULTS["end_to_end"] = end_to_end(copy_gbs, args.skip_hf)
+            elif name == "w4a16":  # W4A16 kernel vs fp16 matmul, AWQ decode (benchmarks/bench_w4a16.py)
+                import bench_w4a16
+
+                RESULTS["w4a16"] = bench_w4a16.section(bench_ms, copy_gbs)
             else:
                 raise ValueError(f"unknown section {name!r}")
         except Exception:

@@ -208,3 +208,73 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
 
         return activation.silu_and_mul(x)
     return reference.silu_and_mul(x)
+
+
+def w4a16_matmul(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int, bits: int = 4
+) -> torch.Tensor:
+    """x [M, K] @ dequant(W)^T -> [M, N] in x's dtype, for integer weights in the engine's packed
+    layout (localllm.quant.formats.runtime): qweight int32 [K * bits / 32, N] packed along K,
+    scales [K / group_size, N] in x's dtype, zeros uint8 [K / group_size, N]; bits 2, 4 or 8."""
+    _check(bits in (2, 4, 8), f"bits must be 2, 4 or 8, got {bits}")
+    _check(x.dim() == 2, f"x must be [M, K], got {tuple(x.shape)}")
+    num_rows, in_features = x.shape
+    per_word = 32 // bits
+    _check(qweight.dtype == torch.int32 and qweight.dim() == 2 and qweight.shape[0] * per_word == in_features,
+           f"qweight must be int32 [{in_features // per_word}, N], got {qweight.dtype} {tuple(qweight.shape)}")
+    out_features = qweight.shape[1]
+    _check(group_size >= 1 and in_features % group_size == 0, f"group_size {group_size} must divide K = {in_features}")
+    groups = in_features // group_size
+    _check(scales.shape == (groups, out_features) and scales.dtype == x.dtype,
+           f"scales must be {x.dtype} [{groups}, {out_features}], got {scales.dtype} {tuple(scales.shape)}")
+    _check(zeros.shape == (groups, out_features) and zeros.dtype == torch.uint8,
+           f"zeros must be uint8 [{groups}, {out_features}], got {zeros.dtype} {tuple(zeros.shape)}")
+    _check(x.device == qweight.device == scales.device == zeros.device, "x and the weights must share a device")
+    if uses_triton(x.device):
+        _check(qweight.is_contiguous() and scales.is_contiguous() and zeros.is_contiguous(),
+               "qweight, scales and zeros must be contiguous")
+        from .triton import w4a16
+
+        return w4a16.w4a16_matmul(x, qweight, scales, zeros, group_size, bits)
+    return reference.w4a16_matmul(x, qweight, scales, zeros, group_size, bits)
+
+
+@functools.cache
+def _cuda_has_fp8(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) >= (8, 9)
+
+
+def fp8_supported(device: torch.device) -> bool:
+    """Whether `device` multiplies FP8 natively (CUDA compute capability 8.9+: Ada, Hopper, ...)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return False
+    return _cuda_has_fp8(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def fp8_linear(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, input_scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y = quant8(x) @ W^T * scales (+ bias) in x's dtype; W float8_e4m3fn [N, K] (or float32
+    holding FP8 values, the CPU layer's cache) with per-channel weight_scale float32 [N];
+    activations quantized per token at run time, or with a static per-tensor input_scale.
+    On CUDA cards with FP8 (and not under LOCALLLM_KERNELS=reference) torch._scaled_mm runs it."""
+    _check(x.dim() == 2 and weight.dim() == 2 and x.shape[1] == weight.shape[1],
+           f"x [M, K] and weight [N, K] must agree on K, got {tuple(x.shape)} and {tuple(weight.shape)}")
+    _check(weight.dtype in (torch.float8_e4m3fn, torch.float32),
+           f"weight must be float8_e4m3fn (or float32 FP8 values), got {weight.dtype}")
+    _check(weight_scale.dtype == torch.float32 and weight_scale.shape == (weight.shape[0],),
+           f"weight_scale must be float32 [{weight.shape[0]}], got {weight_scale.dtype} {tuple(weight_scale.shape)}")
+    _check(input_scale is None or input_scale.numel() == 1, "input_scale must be one per-tensor scale")
+    _check(bias is None or bias.shape == (weight.shape[0],), f"bias must be [{weight.shape[0]}]")
+    if (_backend != "reference" and weight.dtype == torch.float8_e4m3fn and fp8_supported(x.device)
+            and x.shape[1] % 16 == 0 and weight.shape[0] % 16 == 0):
+        xq, x_scale = reference.quantize_fp8_per_token(x, input_scale)
+        # NOTE: row-wise scales (one per token, one per channel) need a bfloat16 output.
+        y = torch._scaled_mm(xq, weight.t(), scale_a=x_scale.contiguous(), scale_b=weight_scale.view(1, -1),
+                             out_dtype=torch.bfloat16)
+        if bias is not None:
+            y = y + bias
+        return y.to(x.dtype)
+    return reference.fp8_linear(x, weight, weight_scale, input_scale, bias)

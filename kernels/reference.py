@@ -199,3 +199,56 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """x [..., 2I] -> silu(x[..., :I]) * x[..., I:]."""
     gate, up = x.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+# --------------------------------------------------------------------------- quantized linears
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+FP8_MIN_SCALE = 1.0 / (FP8_MAX * 512.0)  # vLLM's floor: an all-zero row still gets a finite scale
+
+
+def dequantize_w4a16(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int, bits: int) -> torch.Tensor:
+    """W^T float32 [K, N] = (q - zeros[k // g]) * scales[k // g]; q unpacked from qweight int32
+    [K * bits / 32, N] (row k at bits (k % P) * bits of word k // P, P = 32 / bits)."""
+    per_word = 32 // bits
+    shifts = torch.arange(per_word, device=qweight.device, dtype=torch.int32) * bits
+    q = (qweight.unsqueeze(1) >> shifts.view(1, -1, 1)) & ((1 << bits) - 1)  # [K / P, P, N]
+    q = q.reshape(-1, qweight.shape[1]).float()
+    z = zeros.float().repeat_interleave(group_size, dim=0)
+    s = scales.float().repeat_interleave(group_size, dim=0)
+    return (q - z) * s
+
+
+def w4a16_matmul(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int, bits: int
+) -> torch.Tensor:
+    """x [M, K] @ W^T [K, N] -> [M, N] in x's dtype. The dequantized weight is rounded to x's
+    dtype (what the Triton kernel feeds its dot), the products accumulate in float32."""
+    w_t = dequantize_w4a16(qweight, scales, zeros, group_size, bits).to(x.dtype).float()
+    return (x.float() @ w_t).to(x.dtype)
+
+
+def quantize_fp8_per_token(x: torch.Tensor, input_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (float8_e4m3fn [M, K], float32 scales [M, 1]): scale = max|row| / 448 per token
+    (dynamic), or the given static per-tensor input_scale for every row."""
+    xf = x.float()
+    if input_scale is None:
+        scale = (xf.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp_min(FP8_MIN_SCALE)
+    else:
+        scale = input_scale.float().reshape(1, 1).expand(x.shape[0], 1)
+    q = (xf / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return q, scale
+
+
+def fp8_linear(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, input_scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """W8A8 FP8: x quantized per token (or with a static scale), times the FP8 weight [N, K] with
+    per-channel weight_scale float32 [N]; products exact, accumulated in float32. weight may also
+    be float32 holding the FP8 values (the CPU layer keeps them upcast once). Output in x's dtype."""
+    xq, x_scale = quantize_fp8_per_token(x, input_scale)
+    y = (xq.float() @ weight.float().t()) * x_scale * weight_scale.float().view(1, -1)
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)

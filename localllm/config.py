@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 _DTYPES = ("auto", "float32", "float16", "bfloat16")
-_QUANTIZATIONS = ("auto", "int4", None)
+_QUANTIZATIONS = ("auto", "int4", "nf4", "int8", None)
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class ModelConfig:
     seed: int = 0
     # None: run the weights as loaded. "int4": 4-bit groups through torch's CPU kernel.
     # "auto": int4 on the CPU when the file is already 4-bit (a Q4 GGUF), else None.
+    # "nf4" / "int8": load-time quantization through bitsandbytes (the optional `bnb` extra).
     quantization: str | None = "auto"
     # False: decode steps on CUDA replay CUDA graphs captured at start (vLLM's switch name).
     enforce_eager: bool = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
 
 _GREEDY_EPS = 1e-5
@@ -12,6 +13,44 @@ class RequestOutputKind(enum.Enum):
     CUMULATIVE = 0  # each RequestOutput holds everything generated so far
     DELTA = 1  # each RequestOutput holds only what is new since the last one
     FINAL_ONLY = 2  # one RequestOutput, when the request finishes
+
+
+@dataclass(frozen=True)
+class StructuredOutputsParams:
+    """Constrain the output to a grammar (vLLM's name): `json`, a JSON schema (dict or its JSON
+    text), or `json_object=True`, any JSON object. Checked here, so a bad schema is a ValueError
+    before the request reaches the engine; the worker compiles it (xgrammar) for the tokenizer.
+
+    NOTE: `json` is kept as JSON text (hashable, cheap to copy, the compile cache key).
+    """
+
+    json: str | dict | None = None
+    json_object: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.json is not None) == bool(self.json_object):
+            raise ValueError("structured outputs need exactly one of json (a schema) or json_object=True")
+        if self.json is None:
+            return
+        schema = self.json
+        if isinstance(schema, str):
+            try:
+                schema = json.loads(schema)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"the JSON schema is not valid JSON: {e}") from None
+        if not isinstance(schema, dict):
+            raise ValueError(f"a JSON schema must be an object, got {type(schema).__name__}")
+        # NOTE: keys keep their order: "properties" order is the order the output follows.
+        text = json.dumps(schema, ensure_ascii=False)
+        object.__setattr__(self, "json", text)
+        from localllm.worker.structured_output import check_json_schema
+
+        check_json_schema(text)
+
+    @property
+    def schema(self) -> str:
+        """The JSON schema the output must follow (json_object: any object)."""
+        return self.json if self.json is not None else '{"type": "object"}'
 
 
 @dataclass
@@ -36,6 +75,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None  # number of top logprobs per prompt token
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
     detokenize: bool = True  # False: token ids only, no text (and no stop strings)
+    structured_outputs: StructuredOutputsParams | None = None  # JSON schema / object constraint
     # Filled by the engine from the model's generation config / tokenizer; not user-facing.
     _eos_token_ids: frozenset[int] = field(default_factory=frozenset, repr=False)
 
@@ -89,6 +129,16 @@ class SamplingParams:
             raise ValueError("stop strings need detokenize=True (use stop_token_ids to stop on ids)")
         if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
             raise bad("stop_token_ids", self.stop_token_ids, "non-negative integers")
+        if self.structured_outputs is not None:
+            if not isinstance(self.structured_outputs, StructuredOutputsParams):
+                raise bad("structured_outputs", self.structured_outputs, "a StructuredOutputsParams")
+            # NOTE: a grammar ends the output by allowing only EOS once it is complete; forcing
+            # more tokens past that point would leave no token allowed.
+            if self.ignore_eos or self.min_tokens:
+                raise ValueError(
+                    "structured outputs end when the grammar is complete: "
+                    "ignore_eos and min_tokens are not supported with them"
+                )
 
     @property
     def greedy(self) -> bool:

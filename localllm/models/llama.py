@@ -17,6 +17,7 @@ from localllm.layers.activation import SiluAndMul
 from localllm.layers.attention import Attention
 from localllm.layers.embedding import LMHead, VocabEmbedding
 from localllm.layers.linear import Linear, MergedLinear, QKVLinear
+from localllm.layers.quantized_linear import finish_loading, make_linear
 from localllm.layers.rmsnorm import RMSNorm
 from localllm.layers.rotary import SUPPORTED_ROPE_TYPES, RotaryEmbedding, rope_parameters, rope_type
 from localllm.models.registry import kv_cache_spec
@@ -72,8 +73,10 @@ class LlamaAttention(nn.Module):
         hidden = config.hidden_size
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.q_size, self.kv_size = num_heads * head_dim, num_kv_heads * head_dim
-        self.qkv_proj = QKVLinear(hidden, head_dim, num_heads, num_kv_heads, variant.qkv_bias, dtype, device)
-        self.o_proj = Linear(self.q_size, hidden, variant.o_bias, dtype, device)
+        prefix = f"model.layers.{layer_idx}.self_attn"  # NOTE: quantized checkpoints may leave modules dense by name
+        self.qkv_proj = make_linear(config, f"{prefix}.qkv_proj", QKVLinear, hidden, head_dim, num_heads, num_kv_heads,
+                                    variant.qkv_bias, dtype, device)
+        self.o_proj = make_linear(config, f"{prefix}.o_proj", Linear, self.q_size, hidden, variant.o_bias, dtype, device)
         self.q_norm = RMSNorm(head_dim, config.rms_norm_eps, dtype, device) if variant.qk_norm else None
         self.k_norm = RMSNorm(head_dim, config.rms_norm_eps, dtype, device) if variant.qk_norm else None
         self.rotary_emb = rotary_emb
@@ -90,12 +93,13 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config, variant: _Variant, dtype, device):
+    def __init__(self, config, variant: _Variant, dtype, device, prefix: str = "mlp"):
         super().__init__()
         hidden, inter = config.hidden_size, config.intermediate_size
-        self.gate_up_proj = MergedLinear(hidden, [inter, inter], variant.mlp_bias, dtype, device)
+        self.gate_up_proj = make_linear(config, f"{prefix}.gate_up_proj", MergedLinear, hidden, [inter, inter],
+                                        variant.mlp_bias, dtype, device)
         self.act_fn = SiluAndMul()
-        self.down_proj = Linear(inter, hidden, variant.mlp_bias, dtype, device)
+        self.down_proj = make_linear(config, f"{prefix}.down_proj", Linear, inter, hidden, variant.mlp_bias, dtype, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act_fn(self.gate_up_proj(x)))
@@ -105,7 +109,7 @@ class LlamaDecoderLayer(nn.Module):
     def __init__(self, config, variant: _Variant, layer_idx: int, rotary_emb: RotaryEmbedding, dtype, device):
         super().__init__()
         self.self_attn = LlamaAttention(config, variant, layer_idx, rotary_emb, dtype, device)
-        self.mlp = LlamaMLP(config, variant, dtype, device)
+        self.mlp = LlamaMLP(config, variant, dtype, device, prefix=f"model.layers.{layer_idx}.mlp")
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
 
@@ -194,6 +198,7 @@ class LlamaForCausalLM(nn.Module):
         if missing:
             more = f" (and {len(missing) - 8} more)" if len(missing) > 8 else ""
             raise ModelLoadError(self.source, f"missing weights: {', '.join(missing[:8])}{more}")
+        finish_loading(self, self.source)  # quantized layers: file tensors -> the engine's layout
 
 
 def _param_shards(model: nn.Module) -> dict[str, list]:
@@ -206,7 +211,7 @@ def _param_shards(model: nn.Module) -> dict[str, list]:
                 continue
             seen.add(id(param))
             full = f"{module_name}.{param_name}" if module_name else param_name
-            shards[full] = module.shard_ids() if isinstance(module, MergedLinear) else [None]
+            shards[full] = module.shard_ids() if hasattr(module, "shard_ids") else [None]
     return shards
 
 

@@ -108,6 +108,10 @@ def load_hf_dir(model_dir: str) -> Checkpoint:
         hf_config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     except Exception as e:  # transformers raises ValueError/OSError/KeyError for bad configs
         raise ModelLoadError(config_path, f"invalid model config: {e}") from None
+    from localllm.quant.config import attach_legacy_gptq_config, scheme_of
+
+    attach_legacy_gptq_config(hf_config, model_dir)
+    scheme_of(hf_config, config_path)  # NOTE: an unsupported quantization fails here, before any weight is read
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     except Exception as e:

@@ -24,6 +24,7 @@ from localllm.outputs import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
 from localllm.worker.kv_cache import allocate_kv_caches, choose_num_blocks, kv_bytes_per_block
 from localllm.worker.cuda_graph import DecodeCUDAGraphs
 from localllm.worker.sampler import Sampler, SamplingBatch, compute_prompt_logprobs, seeded_generator
+from localllm.worker.structured_output import StructuredOutputManager
 from localllm.worker.transfer import to_device
 
 
@@ -46,6 +47,8 @@ _FOUR_BIT_GGUF_TYPES = {"Q4_0", "Q4_1", "Q4_K"}
 def resolve_quantization(requested: str | None, checkpoint: Checkpoint, device: torch.device) -> str | None:
     if requested is None:
         return None
+    if requested in ("nf4", "int8"):  # bitsandbytes, on any device it supports (the CPU included)
+        return requested
     if requested == "auto":
         four_bit = checkpoint.weight_quantization in _FOUR_BIT_GGUF_TYPES
         return "int4" if four_bit and device.type == "cpu" and int4_kernel_available() else None
@@ -81,6 +84,10 @@ class ModelRunner:
         self.quantization = resolve_quantization(model_config.quantization, checkpoint, self.device)
         if self.quantization == "int4":
             convert_linears_to_int4(self.model)
+        elif self.quantization in ("nf4", "int8"):
+            from localllm.layers.bnb_linear import convert_linears_to_bnb
+
+            convert_linears_to_bnb(self.model, self.quantization)
 
         num_layers, num_kv_heads, head_dim = kv_cache_spec(checkpoint.hf_config)
         bytes_per_block = kv_bytes_per_block(num_layers, num_kv_heads, head_dim, self.block_size, self.dtype)
@@ -97,6 +104,9 @@ class ModelRunner:
         )
         self.sampler = Sampler()
         self.generators: dict[str, torch.Generator] = {}
+        self.structured_output = StructuredOutputManager(
+            checkpoint.tokenizer, checkpoint.hf_config.vocab_size, checkpoint.eos_token_ids
+        )
         self.cuda_graphs: DecodeCUDAGraphs | None = None
         if self.device.type == "cuda" and ops.uses_triton(self.device):
             self._warm_up(model_config, scheduler_config)
@@ -146,6 +156,7 @@ class ModelRunner:
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         for request_id in scheduler_output.finished_req_ids:
             self.generators.pop(request_id, None)
+        self.structured_output.remove(scheduler_output.finished_req_ids)
         requests = scheduler_output.requests
         if not requests:
             return ModelRunnerOutput(req_ids=[], sampled_token_ids=[], logprobs=[])
@@ -239,6 +250,7 @@ class ModelRunner:
         if sample_rows:
             sampler_output = self.sampler(logits[len(prompt_rows) :], batch)
             token_ids = sampler_output.sampled.tolist()  # the step's one host sync
+            self.structured_output.accept(sample_requests, token_ids)
             for request, token, lp in zip(sample_requests, token_ids, sampler_output.logprobs):
                 sampled_by_request[request.request_id] = (token, lp)
 
@@ -269,6 +281,7 @@ class ModelRunner:
             [r.output_token_ids for r in requests],
             banned,
             self.device,
+            allowed_token_bitmask=self.structured_output.bitmask(requests),
         )
 
     def _generator(self, request: Request) -> torch.Generator | None:

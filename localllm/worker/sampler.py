@@ -1,6 +1,7 @@
 """Sampler: logits[N, V] -> one token per row, without a host sync (gpt-fast / vLLM v1 style).
 
-Order: banned tokens -> penalties -> greedy rows take the argmax; random rows: temperature ->
+Order: banned tokens -> penalties -> allowed-token bitmask (constrained decoding) -> greedy rows
+take the argmax; random rows: temperature ->
 min_p -> top_k -> top_p -> exponential race. Everything stays on the logits' device; the caller
 reads the ids with one `.tolist()`.
 
@@ -20,6 +21,7 @@ import torch
 
 from localllm.outputs import TokenLogprobs
 from localllm.worker.sampling_batch import _GREEDY_EPS, SamplingBatch, seeded_generator
+from localllm.worker.structured_output import apply_token_bitmask
 
 __all__ = ["Sampler", "SamplerOutput", "SamplingBatch", "compute_prompt_logprobs", "seeded_generator"]
 
@@ -188,6 +190,8 @@ class Sampler:
             logits = logits.index_put(batch.banned_index, neg_inf)
         if not batch.no_penalties:
             logits = apply_penalties(logits, batch)
+        if batch.allowed_token_bitmask is not None:
+            logits = apply_token_bitmask(logits, batch.allowed_token_bitmask)
 
         if batch.all_greedy:
             sampled = logits.argmax(dim=-1)

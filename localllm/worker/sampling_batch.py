@@ -65,6 +65,9 @@ class SamplingBatch:
     prompt_index: tuple[torch.Tensor, torch.Tensor]
     output_index: tuple[torch.Tensor, torch.Tensor]
     logprob_rows: torch.Tensor  # int64[M]: rows with num_logprobs is not None, ascending
+    # int32[N, ceil(V/32)]: bit t of row i set when row i may emit token t (constrained decoding,
+    # see worker/structured_output.py); None when no row is constrained.
+    allowed_token_bitmask: torch.Tensor | None = None
 
     @property
     def num_rows(self) -> int:
@@ -79,6 +82,7 @@ class SamplingBatch:
         output_token_ids: list[list[int]],
         banned_token_ids: list[list[int]],
         device: torch.device | str,
+        allowed_token_bitmask: torch.Tensor | None = None,
     ) -> "SamplingBatch":
         n = len(params)
         for name, seq in (
@@ -134,4 +138,7 @@ class SamplingBatch:
                 [t if _penalizes(p) else [] for p, t in zip(params, output_token_ids)], device
             ),
             logprob_rows=ints[n:],
+            allowed_token_bitmask=(
+                None if allowed_token_bitmask is None else allowed_token_bitmask.to(device, non_blocking=True)
+            ),
         )

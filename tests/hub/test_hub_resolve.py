@@ -40,6 +40,22 @@ def _fake_hf_cache(root: Path, repo_id: str, files: dict[str, str]) -> Path:
     return snapshot
 
 
+def _store_entry(name: str, tag: str, gguf: bool = False) -> Path:
+    """A complete store entry, as a pull leaves it."""
+    from localllm.hub.manifest import FileEntry, Manifest
+    from localllm.hub.store import Store
+
+    store = Store(models_dir().parent)
+    partial = store.partial_dir(name, tag)
+    partial.mkdir(parents=True)
+    file = "m.Q4_K_M.gguf" if gguf else "config.json"
+    (partial / file).write_text("{}")
+    manifest = Manifest(name=name, tag=tag, repo="org/repo", revision="a" * 40, quantization="bf16",
+                        format="gguf" if gguf else "safetensors", entry=file if gguf else ".",
+                        files=(FileEntry(file, 2),))
+    return store.publish(partial, manifest).directory
+
+
 # ---------------------------------------------------------------- local paths
 
 
@@ -89,12 +105,31 @@ def test_missing_paths(name):
 
 
 def test_alias_from_the_store(isolated_caches):
-    store_copy = models_dir() / "qwen2.5-0.5b"
-    assert store_copy == isolated_caches / "home" / "models" / "qwen2.5-0.5b"
-    store_copy.mkdir(parents=True)
-    (store_copy / "config.json").write_text("{}")
+    store_copy = _store_entry("qwen2.5-0.5b", "bf16")
+    assert store_copy == isolated_caches / "home" / "models" / "qwen2.5-0.5b@bf16"
     assert resolve_model("qwen2.5-0.5b") == str(store_copy)
     assert resolve_model("Qwen2.5-0.5B:latest") == str(store_copy)
+    assert resolve_model("qwen2.5-0.5b:bf16") == str(store_copy)
+
+
+def test_a_directory_without_manifest_is_not_a_store_entry(isolated_caches):
+    half = models_dir() / "qwen2.5-0.5b@bf16"
+    half.mkdir(parents=True)
+    (half / "config.json").write_text("{}")
+    with pytest.raises(ModelNotFoundError, match="not downloaded yet"):
+        resolve_model("qwen2.5-0.5b")
+
+
+def test_untagged_alias_takes_the_newest_store_entry(isolated_caches):
+    import os
+
+    older = _store_entry("qwen2.5-0.5b", "bf16")
+    newer = _store_entry("qwen2.5-0.5b", "q4_k_m", gguf=True)
+    os.utime(older / "manifest.json", (1, 1))
+    assert resolve_model("qwen2.5-0.5b") == str(newer / "m.Q4_K_M.gguf")
+    assert resolve_model("qwen2.5-0.5b:gguf") == str(newer / "m.Q4_K_M.gguf")
+    assert resolve_model("qwen2.5-0.5b:q4_k_m") == str(newer / "m.Q4_K_M.gguf")
+    assert resolve_model("qwen2.5-0.5b:bf16") == str(older)
 
 
 def test_alias_from_the_hf_cache(isolated_caches):
@@ -105,7 +140,7 @@ def test_alias_from_the_hf_cache(isolated_caches):
 def test_alias_tag_picks_the_variant_repo(isolated_caches):
     snapshot = _fake_hf_cache(isolated_caches / "hf", "Qwen/Qwen2.5-0.5B-Instruct-AWQ", {"config.json": "{}"})
     assert resolve_model("qwen2.5-0.5b:awq") == str(snapshot)
-    with pytest.raises(ModelNotFoundError, match=r"unknown tag 'fp16' \(known tags: latest, awq, gguf, gptq\)"):
+    with pytest.raises(ModelNotFoundError, match=r"unknown tag 'fp16' \(known tags: latest, bf16, awq, gptq, fp8, gguf, or a"):
         resolve_model("qwen2.5-0.5b:fp16")
 
 
@@ -113,16 +148,32 @@ def test_alias_not_downloaded_says_how_to_get_it():
     with pytest.raises(ModelNotFoundError) as info:
         resolve_model("qwen3-0.6b")
     msg = str(info.value)
-    assert msg.startswith("model 'qwen3-0.6b' not found: Qwen/Qwen3-0.6B is not downloaded")
-    assert f"hf download Qwen/Qwen3-0.6B --local-dir {models_dir() / 'qwen3-0.6b'}" in msg
-    assert "\n" not in msg
+    assert msg == "model 'qwen3-0.6b' not found: Qwen/Qwen3-0.6B is not downloaded yet; pull it with `localllm pull qwen3-0.6b`"
+
+
+def test_a_tag_quantized_here_is_only_found_in_the_store(isolated_caches):
+    _fake_hf_cache(isolated_caches / "hf", "Qwen/Qwen3-0.6B", {"config.json": "{}"})  # the bf16 original
+    with pytest.raises(ModelNotFoundError, match=r"^model 'qwen3-0.6b:awq' not found: not in the store; "
+                                                 r"`localllm pull qwen3-0.6b:awq` pulls Qwen/Qwen3-0.6B and quantizes it here$"):
+        resolve_model("qwen3-0.6b:awq")
+    entry = _store_entry("qwen3-0.6b", "awq")
+    assert resolve_model("qwen3-0.6b:awq") == str(entry)
 
 
 def test_repo_id_from_the_hf_cache(isolated_caches):
     snapshot = _fake_hf_cache(isolated_caches / "hf", "someorg/tiny-llama", {"config.json": "{}"})
     assert resolve_model("someorg/tiny-llama") == str(snapshot)
-    with pytest.raises(ModelNotFoundError, match="hf download someorg/other"):
+    with pytest.raises(ModelNotFoundError, match="pull it with `localllm pull someorg/other`"):
         resolve_model("someorg/other")
+
+
+def test_gguf_pick_from_the_hf_cache(isolated_caches):
+    snapshot = _fake_hf_cache(isolated_caches / "hf", "org/x-GGUF", {"x-Q4_K_M.gguf": "G", "x-Q8_0.gguf": "G"})
+    assert resolve_model("hf.co/org/x-GGUF:Q8_0") == str(snapshot / "x-Q8_0.gguf")
+    assert resolve_model("org/x-GGUF:q4_k_m") == str(snapshot / "x-Q4_K_M.gguf")
+    assert resolve_model("hf.co/org/x-GGUF") == str(snapshot / "x-Q4_K_M.gguf")  # the default quantization
+    with pytest.raises(ModelNotFoundError, match=r"hf.co/org/x-GGUF:Q2_K' not found: org/x-GGUF is not downloaded"):
+        resolve_model("hf.co/org/x-GGUF:Q2_K")
 
 
 # ---------------------------------------------------------------- the default model
@@ -140,9 +191,7 @@ def test_smollm2_falls_back_to_the_package_without_importing_it():
 
 
 def test_smollm2_prefers_a_store_copy(isolated_caches):
-    store_copy = models_dir() / "smollm2"
-    store_copy.mkdir(parents=True)
-    (store_copy / "config.json").write_text("{}")
+    store_copy = _store_entry("smollm2", "bf16")
     assert resolve_model("smollm2") == str(store_copy)
 
 

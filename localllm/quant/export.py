@@ -1,0 +1,67 @@
+"""One calibrated decoder layer (the engine's fused modules) -> its tensors under Hugging Face
+names in the output format: fused q/k/v and gate/up rows split back into q_proj, k_proj, v_proj,
+gate_proj, up_proj; norms and biases in the output dtype."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from localllm.quant.formats import awq, compressed_tensors, gptq
+from localllm.quant.rtn import GroupQuant
+
+# the checkpoint format each method writes
+FORMAT_OF_METHOD = {"awq": "awq", "rtn": "awq", "gptq": "gptq", "fp8": "fp8"}
+
+
+def parts(layer: nn.Module) -> dict[str, list[tuple[str, int, int]]]:
+    """engine linear name -> [(HF name, first row, end row)]."""
+    attn, mlp = layer.self_attn, layer.mlp
+    q, kv, inter = attn.q_size, attn.kv_size, mlp.down_proj.in_features
+    return {
+        "self_attn.qkv_proj": [("self_attn.q_proj", 0, q), ("self_attn.k_proj", q, q + kv),
+                               ("self_attn.v_proj", q + kv, q + 2 * kv)],
+        "self_attn.o_proj": [("self_attn.o_proj", 0, attn.o_proj.out_features)],
+        "mlp.gate_up_proj": [("mlp.gate_proj", 0, inter), ("mlp.up_proj", inter, 2 * inter)],
+        "mlp.down_proj": [("mlp.down_proj", 0, mlp.down_proj.out_features)],
+    }
+
+
+def rows_of(gq: GroupQuant, lo: int, hi: int) -> GroupQuant:
+    return GroupQuant(gq.q[lo:hi], gq.scales[lo:hi], gq.zeros[lo:hi], gq.bits, gq.group_size, gq.g_idx)
+
+
+def export_layer(index: int, layer: nn.Module, quantized: dict[str, object], fmt: str,
+                 dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """quantized: engine linear name -> GroupQuant (awq/gptq) or (fp8 weight, scales [N, 1])."""
+    prefix = f"model.layers.{index}."
+    out: dict[str, torch.Tensor] = {}
+    for name, param in layer.named_parameters():
+        if name.endswith("norm.weight"):
+            out[prefix + name] = param.detach().to(dtype)
+    for engine_name, hf_parts in parts(layer).items():
+        linear = layer.get_submodule(engine_name)
+        result = quantized[engine_name]
+        bias = getattr(linear, "bias", None)
+        for hf_name, lo, hi in hf_parts:
+            module = prefix + hf_name
+            if fmt == "fp8":
+                weight, scales = result
+                out.update(compressed_tensors.write_fp8(module, weight[lo:hi], scales[lo:hi]))
+            elif fmt == "awq":
+                out.update(awq.write(module, rows_of(result, lo, hi)))
+            else:
+                out.update(gptq.write(module, rows_of(result, lo, hi)))
+            if bias is not None:
+                out[f"{module}.bias"] = bias.detach()[lo:hi].to(dtype)
+    return out
+
+
+def quantization_config(method: str, bits: int, group_size: int, sym: bool, act_order: bool,
+                        damp_percent: float) -> dict:
+    fmt = FORMAT_OF_METHOD[method]
+    if fmt == "awq":
+        return awq.config(bits, group_size)
+    if fmt == "gptq":
+        return gptq.config(bits, group_size, act_order, sym, damp_percent)
+    return compressed_tensors.fp8_config(["lm_head"])

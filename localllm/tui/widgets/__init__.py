@@ -1,0 +1,1 @@
+"""The chat app's widgets: messages, prompt box, status line, load panel, chat list."""
