@@ -102,12 +102,13 @@ def _check_model(checkpoint, options: QuantizeOptions) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise QuantizeError("device 'cuda' was asked for, but torch sees no CUDA device")
-    return device
+    """The engine's device rule, its error as a QuantizeError (one line, before anything is written)."""
+    from localllm.worker.model_runner import resolve_device as engine_device
+
+    try:
+        return engine_device(name)
+    except RuntimeError as e:
+        raise QuantizeError(str(e)) from None
 
 
 @dataclass

@@ -85,13 +85,7 @@ def prepare(state: ServerState, body: ChatCompletionRequest) -> tuple[EngineRequ
     ids = state.tokenize(prompt)
     max_tokens = fit_max_tokens(len(ids), body.requested_max_tokens, state.model.max_model_len, "messages")
     params = make_params(
-        n=body.n, max_tokens=max_tokens, stop=body.stop,
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=body.top_p, top_k=body.top_k, min_p=body.min_p, seed=body.seed,
-        presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-        repetition_penalty=body.repetition_penalty, min_tokens=body.min_tokens, ignore_eos=body.ignore_eos,
-        stop_token_ids=body.stop_token_ids, skip_special_tokens=body.skip_special_tokens,
-        include_stop_str_in_output=body.include_stop_str_in_output,
+        **body.sampling_fields(), max_tokens=max_tokens,
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         structured_outputs=structured,
     )

@@ -69,13 +69,7 @@ def prepare(state: ServerState, body: CompletionRequest) -> list[EngineRequest]:
         if body.echo and body.logprobs is not None:
             prompt_logprobs = body.logprobs
         params = make_params(
-            n=body.n, max_tokens=max_tokens, stop=body.stop,
-            temperature=1.0 if body.temperature is None else body.temperature,
-            top_p=body.top_p, top_k=body.top_k, min_p=body.min_p, seed=body.seed,
-            presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-            repetition_penalty=body.repetition_penalty, min_tokens=body.min_tokens, ignore_eos=body.ignore_eos,
-            stop_token_ids=body.stop_token_ids, skip_special_tokens=body.skip_special_tokens,
-            include_stop_str_in_output=body.include_stop_str_in_output,
+            **body.sampling_fields(), max_tokens=max_tokens,
             logprobs=body.logprobs, prompt_logprobs=prompt_logprobs, structured_outputs=structured,
         )
         request_id = base_id if len(prompts) == 1 else f"{base_id}-{i}"

@@ -147,6 +147,17 @@ class _SamplingFields(_Body):
             raise ValueError("stream_options is only allowed when stream is true")
         return self
 
+    def sampling_fields(self) -> dict:
+        """The SamplingParams fields chat and completions read the same way (for make_params)."""
+        return dict(
+            n=self.n, stop=self.stop, temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=self.top_p, top_k=self.top_k, min_p=self.min_p, seed=self.seed,
+            presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty, min_tokens=self.min_tokens, ignore_eos=self.ignore_eos,
+            stop_token_ids=self.stop_token_ids, skip_special_tokens=self.skip_special_tokens,
+            include_stop_str_in_output=self.include_stop_str_in_output,
+        )
+
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage]
