@@ -58,6 +58,14 @@ def serve(
         Optional[list[str]], typer.Option("--served-model-name", help="Name(s) clients use for the model (repeatable; default: MODEL).")
     ] = None,
     max_queue: Annotated[int, typer.Option(help="Sequences that may wait beyond --max-num-seqs before requests get 429.")] = DEFAULT_MAX_QUEUE,
+    allowed_origins: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--allowed-origins", envvar="LOCALLLM_ALLOWED_ORIGINS",
+            help="Web origins whose pages may call the API (CORS): http://localhost:3000, http://localhost:*, or * "
+            "(repeatable or comma-separated; default: none, same-origin only).",
+        ),
+    ] = None,
     max_model_len: Annotated[Optional[int], _engine("Context length (default: the model's).")] = None,
     max_num_seqs: Annotated[int, _engine("Most sequences the engine runs at once.")] = 64,
     device: Annotated[str, _engine("auto, cpu, cuda or cuda:N.")] = "auto",
@@ -73,6 +81,12 @@ def serve(
         fail(f"--max-queue must be >= 0, got {max_queue}")
     if quantization not in ("auto", "int4", "none"):
         fail(f"--quantization must be auto, int4 or none, got {quantization!r}")
+    from localllm.server.cors import parse_origins
+
+    try:
+        origins = parse_origins(allowed_origins or [])
+    except ValueError as e:
+        fail(f"--allowed-origins: {e}")
     sock = _listen(host, port)
     from localllm.errors import LocalLLMError
 
@@ -86,24 +100,26 @@ def serve(
         sock.close()
         fail(str(e))
     try:
-        _run(llm, model, sock, host, port, api_key, served_model_name or [], max_num_seqs + max_queue, log_level)
+        _run(llm, model, sock, host, port, api_key, served_model_name or [], max_num_seqs + max_queue, origins, log_level)
     finally:
         llm.shutdown()
 
 
 def _run(llm, model: str, sock: socket.socket, host: str, port: int, api_key: str | None, names: list[str],
-         max_pending_seqs: int, log_level: str) -> None:
+         max_pending_seqs: int, allowed_origins: tuple[str, ...], log_level: str) -> None:
     import uvicorn
 
     from localllm.server import ServerSettings, create_app, describe_model
 
     name = names[0] if names else model
     info = describe_model(llm, name, tuple(names[1:]))
-    app = create_app(llm, info, ServerSettings(api_key=api_key, max_pending_seqs=max_pending_seqs))
+    settings = ServerSettings(api_key=api_key, max_pending_seqs=max_pending_seqs, allowed_origins=allowed_origins)
+    app = create_app(llm, info, settings)
     shown = f"[{host}]" if ":" in host else host
     typer.echo(
         f"serving {name} on http://{shown}:{port} (OpenAI API: /v1, Ollama API: /api, metrics: /metrics)"
-        + (", API key required" if api_key else ""),
+        + (", API key required" if api_key else "")
+        + (f", CORS for {', '.join(allowed_origins)}" if allowed_origins else ""),
         err=True,
     )
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, access_log=log_level == "debug")

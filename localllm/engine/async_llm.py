@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from localllm.engine.llm_engine import LLMEngine, PromptType
 from localllm.outputs import RequestOutput
@@ -35,6 +35,22 @@ class _Stream:
 
     def put(self, item) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What front ends may know about the loaded model, read once (AsyncLLM.loaded_model())."""
+
+    path: str  # the weights: a file (GGUF) or a directory
+    format: str  # gguf | safetensors
+    hf_config: Any  # transformers PretrainedConfig
+    weight_quantization: str | None  # what the checkpoint stores (Q4_1, ...), if quantized
+    dtype: str  # what the weights run as: float32, bfloat16, ...
+    quantization: str | None  # the runtime quantization (int4, ...), if any
+    device_type: str  # cpu | cuda
+    weights_bytes: int  # in memory; tied weights counted once
+    kv_cache_bytes: int
+    load_seconds: float
 
 
 class AsyncLLM:
@@ -67,6 +83,48 @@ class AsyncLLM:
 
     def stats(self) -> dict:
         return self.engine.stats()
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the engine loop is alive: not failed, not shut down."""
+        return self._dead is None and not self._stopping and self._thread.is_alive()
+
+    @property
+    def error(self) -> BaseException | None:
+        """What stopped the engine loop, if it failed."""
+        return self._dead
+
+    def tokenize(self, prompt: PromptType) -> list[int]:
+        """The prompt's token ids as generate() would run them (special tokens, one BOS)."""
+        return self.engine.tokenize(prompt)[1]
+
+    @property
+    def vocab_size(self) -> int:
+        """The model's vocabulary size (valid token ids are below it)."""
+        return self.engine.config_vocab_size
+
+    @property
+    def load_seconds(self) -> float:
+        """How long loading the model (weights and KV cache) took."""
+        return self.engine.load_seconds
+
+    def loaded_model(self) -> LoadedModel:
+        engine = self.engine
+        checkpoint, runner = engine.checkpoint, engine.runner
+        # NOTE: keyed by storage so tied weights (embedding = lm_head) count once.
+        tensors = {t.data_ptr(): t.numel() * t.element_size() for t in runner.model.state_dict().values()}
+        return LoadedModel(
+            path=checkpoint.path,
+            format=checkpoint.format,
+            hf_config=checkpoint.hf_config,
+            weight_quantization=checkpoint.weight_quantization,
+            dtype=str(runner.dtype).removeprefix("torch."),
+            quantization=runner.quantization,
+            device_type=runner.device.type,
+            weights_bytes=sum(tensors.values()),
+            kv_cache_bytes=runner.kv_cache_bytes,
+            load_seconds=engine.load_seconds,
+        )
 
     # ------------------------------------------------------------------ API
 

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from localllm import __version__
 from localllm.engine.async_llm import EngineDeadError
 from localllm.server import ollama_routes, openai_routes
+from localllm.server.cors import add_cors
 from localllm.server.errors import APIError, as_api_error, error_body, validation_error
 from localllm.server.metrics import CONTENT_TYPE
 from localllm.server.model_info import ModelInfo
@@ -65,12 +66,6 @@ class JSONBodyMiddleware:
         await self.app(scope, receive, send)
 
 
-def engine_alive(llm) -> bool:
-    # NOTE: AsyncLLM records a failed engine loop in `_dead`; its thread ends then.
-    thread = getattr(llm, "_thread", None)
-    return getattr(llm, "_dead", None) is None and (thread is None or thread.is_alive())
-
-
 def _warm_up_structured_outputs() -> None:
     """Import the grammar library in the background: the first JSON-constrained request would
     otherwise hold the event loop for the seconds that import takes."""
@@ -98,8 +93,9 @@ def create_app(llm, model: ModelInfo, settings: ServerSettings | None = None) ->
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        if not engine_alive(llm):
-            return JSONResponse({"status": "error", "error": "the engine stopped"}, status_code=503)
+        if not llm.is_running:
+            reason = f"the engine stopped: {llm.error}" if llm.error is not None else "the engine stopped"
+            return JSONResponse({"status": "error", "error": reason}, status_code=503)
         return JSONResponse({"status": "ok", "model": model.name})
 
     @app.get("/metrics")
@@ -140,5 +136,6 @@ def create_app(llm, model: ModelInfo, settings: ServerSettings | None = None) ->
     app.add_middleware(JSONBodyMiddleware)
     if settings.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
+    add_cors(app, settings.allowed_origins)  # NOTE: last added is outermost
     return app
 

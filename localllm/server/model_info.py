@@ -31,6 +31,7 @@ class ModelInfo:
     chat_template: str | None = None
     fim: FimFormat | None = None
     aliases: tuple[str, ...] = ()  # more names that requests may use
+    load_seconds: float = 0.0  # how long loading the model took at start-up
 
     @property
     def ollama_name(self) -> str:
@@ -97,35 +98,31 @@ def _weight_files(path: str) -> list[str]:
 
 def describe_model(llm, name: str, aliases: tuple[str, ...] = ()) -> ModelInfo:
     """ModelInfo of a loaded AsyncLLM."""
-    engine = llm.engine
-    checkpoint, runner = engine.checkpoint, engine.runner
-    files = _weight_files(checkpoint.path)
+    loaded = llm.loaded_model()
+    files = _weight_files(loaded.path)
     stats = [os.stat(f) for f in files]
     # NOTE: the digest identifies the files (path, sizes, times), it is not a content hash:
     # hashing many GB at start-up would cost minutes.
     ident = "\n".join(f"{os.path.abspath(f)}:{s.st_size}:{s.st_mtime_ns}" for f, s in zip(files, stats))
-    dtype = str(runner.dtype).removeprefix("torch.")
-    qconfig = getattr(checkpoint.hf_config, "quantization_config", None) or {}
+    qconfig = getattr(loaded.hf_config, "quantization_config", None) or {}
     if not isinstance(qconfig, dict):
         qconfig = qconfig.to_dict() if hasattr(qconfig, "to_dict") else {}
-    stored = checkpoint.weight_quantization or str(qconfig.get("quant_method", "")).upper() or dtype.upper()
-    # NOTE: keyed by storage so tied weights (embedding = lm_head) count once.
-    tensors = {t.data_ptr(): t.numel() * t.element_size() for t in runner.model.state_dict().values()}
-    weights_bytes = sum(tensors.values())
+    stored = loaded.weight_quantization or str(qconfig.get("quant_method", "")).upper() or loaded.dtype.upper()
     return ModelInfo(
         name=name,
         aliases=tuple(a for a in aliases if a != name),
         max_model_len=llm.max_model_len,
-        family=getattr(checkpoint.hf_config, "model_type", "llama"),
-        format=checkpoint.format,
-        parameter_count=parameter_count(checkpoint.hf_config),
+        family=getattr(loaded.hf_config, "model_type", "llama"),
+        format=loaded.format,
+        parameter_count=parameter_count(loaded.hf_config),
         quantization_level=stored,
-        running_as=runner.quantization or dtype,
+        running_as=loaded.quantization or loaded.dtype,
         file_size=sum(s.st_size for s in stats),
-        memory_size=weights_bytes + runner.kv_cache_bytes,
-        on_gpu=runner.device.type == "cuda",
+        memory_size=loaded.weights_bytes + loaded.kv_cache_bytes,
+        on_gpu=loaded.device_type == "cuda",
         digest=hashlib.sha256(ident.encode()).hexdigest(),
         modified_at=datetime.fromtimestamp(max((s.st_mtime for s in stats), default=0), timezone.utc),
         chat_template=llm.chat_template,
         fim=detect_fim(llm.tokenizer),
+        load_seconds=loaded.load_seconds,
     )

@@ -32,12 +32,17 @@ class Timing:
     engine_start: int = 0
     first_token: int = 0
     end: int = 0
+    model_load: int = 0  # the model's load time, charged to the first answer (ServerState.take_model_load_ns)
 
     def stats(self, num_prompt: int, num_generated: int) -> dict:
         first = self.first_token or self.end
+        # NOTE: as in Ollama, load_duration is the time before the model could take the request
+        # (here: reading and tokenizing it), plus the model's load for the request that paid for
+        # it; total_duration includes it.
+        load = max(0, self.engine_start - self.start) + self.model_load
         return {
-            "total_duration": self.end - self.start,
-            "load_duration": 0,  # NOTE: the model is loaded when the server starts, never per request
+            "total_duration": self.end - self.start + self.model_load,
+            "load_duration": load,
             "prompt_eval_count": num_prompt,
             "prompt_eval_duration": first - self.engine_start,
             "eval_count": num_generated,
@@ -100,6 +105,7 @@ async def _stream(
                 if text or calls or "logprobs" in piece:
                     yield ndjson(piece)
         timing.end = time.perf_counter_ns()
+        timing.model_load = state.take_model_load_ns()
         final = {**shape.piece(""), "done": True, "done_reason": _done_reason(finish)}
         final.update(timing.stats(len(request.prompt_token_ids), len(token_ids)))
         final.update(final_extra(token_ids))
@@ -124,6 +130,7 @@ async def respond(
     finally:
         ticket.release()
     timing.end = time.perf_counter_ns()
+    timing.model_load = state.take_model_load_ns()
     if result.first_token is not None:
         timing.first_token = timing.end - int((result.end - result.first_token) * 1e9)
     choice = result.choices[0]
@@ -141,10 +148,11 @@ async def respond(
     return JSONResponse(out)
 
 
-def empty_answer(shape: Shape, reason: str, timing: Timing, num_prompt: int = 0) -> JSONResponse:
+def empty_answer(state: ServerState, shape: Shape, reason: str, timing: Timing, num_prompt: int = 0) -> JSONResponse:
     """Ollama's answers that run no generation: "load" (no prompt) and num_predict 0."""
     timing.end = timing.engine_start = time.perf_counter_ns()
     out = {**shape.piece(""), "done": True, "done_reason": reason}
     if reason != "load":
+        timing.model_load = state.take_model_load_ns()
         out.update(timing.stats(num_prompt, 0))
     return JSONResponse(out)

@@ -33,8 +33,11 @@ def _check_common(state: ServerState, body) -> None:
 def _params(state: ServerState, body, num_prompt: int, structured):
     o = body.options or Options()
     limit = min(o.num_ctx, state.model.max_model_len) if o.num_ctx else state.model.max_model_len
-    wanted = None if o.num_predict in (None, -1, -2) else o.num_predict
-    max_tokens = fit_max_tokens(num_prompt, wanted, limit, "options.num_predict")
+    # NOTE: num_predict is a cap, as in Ollama: more than the context has room for ends at the
+    # context's end (done_reason "length"). A prompt that does not fit is still a 400, never cut.
+    max_tokens = fit_max_tokens(num_prompt, None, limit, "options.num_ctx")
+    if o.num_predict not in (None, -1, -2):
+        max_tokens = min(max_tokens, o.num_predict)
     return make_params(
         names={"repetition_penalty": "repeat_penalty", "max_tokens": "num_predict"},
         max_tokens=max_tokens, stop=o.stop,
@@ -78,14 +81,14 @@ async def chat(state: ServerState, body: ChatRequest, http_request: Request) -> 
     _check_common(state, body)
     shape = Shape(True, body.model)
     if body.messages is None:
-        return empty_answer(shape, "load", timing)
+        return empty_answer(state, shape, "load", timing)
     messages = [_plain_message(m, i) for i, m in enumerate(body.messages)]
     plan = _tool_plan(state, body)
     structured = from_ollama(body.format)
     prompt = render_chat_prompt(state.llm, messages, plan)
     ids = state.tokenize(prompt)
     if body.options is not None and body.options.num_predict == 0:
-        return empty_answer(shape, "length", timing, len(ids))
+        return empty_answer(state, shape, "length", timing, len(ids))
     params = _params(state, body, len(ids), structured)
     request = EngineRequest(new_request_id("chat"), prompt, ids, params)
     k = (body.top_logprobs or 0) if body.logprobs else None
@@ -117,7 +120,7 @@ async def generate(state: ServerState, body: GenerateRequest, http_request: Requ
         raise bad_request("images: this model reads text only", param="images")
     shape = Shape(False, body.model)
     if not body.prompt and body.suffix is None:
-        return empty_answer(shape, "load", timing)
+        return empty_answer(state, shape, "load", timing)
     prompt = _generate_prompt(state, body)
     ids = state.tokenize(prompt)
     if body.context:
@@ -131,7 +134,7 @@ async def generate(state: ServerState, body: GenerateRequest, http_request: Requ
     if not ids:
         raise bad_request("the prompt is empty (0 tokens)", param="prompt")
     if body.options is not None and body.options.num_predict == 0:
-        return empty_answer(shape, "length", timing, len(ids))
+        return empty_answer(state, shape, "length", timing, len(ids))
     params = _params(state, body, len(ids), from_ollama(body.format))
     request = EngineRequest(new_request_id("generate"), prompt, ids, params)
     k = (body.top_logprobs or 0) if body.logprobs else None

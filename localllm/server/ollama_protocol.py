@@ -132,6 +132,12 @@ class ChatRequest(_GenerateFields):
     messages: list[Message] | None = None
     tools: list[Tool] | None = None
     raw: bool | None = None  # NOTE: Continue sends it on /api/chat too; Ollama ignores it there
+    # NOTE: ollama-ai-provider-v2 (Cline's Ollama provider) sends these at the top level, where
+    # Ollama ignores them (its sampling settings live in `options`); ignored here too.
+    temperature: float | None = None
+    top_p: float | None = None
+    max_output_tokens: int | None = None
+    tool_choice: Any = None
 
 
 class GenerateRequest(_GenerateFields):

@@ -19,6 +19,7 @@ from localllm.server.sampling import fit_max_tokens, make_params
 from localllm.server.state import ServerState
 from localllm.server.streaming import SSE_DONE, SSE_MEDIA_TYPE, ClientDisconnected, EventStream, sse, until_disconnected
 from localllm.server.structured import from_openai
+from localllm.server.tool_call_deltas import ToolCallDeltas
 from localllm.server.tool_calls import ToolCall, ToolCallStreamer, ToolPlan, ToolSpec, detect_tool_format
 
 
@@ -92,12 +93,14 @@ def prepare(state: ServerState, body: ChatCompletionRequest) -> tuple[EngineRequ
     return EngineRequest(new_request_id("chatcmpl"), prompt, ids, params), plan
 
 
-def _tool_call_dicts(calls: list[ToolCall], streaming: bool) -> list[dict]:
-    out = []
-    for j, call in enumerate(calls):
-        d = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments_json}}
-        out.append({"index": j, **d} if streaming else d)
-    return out
+def _tool_call_dicts(calls: list[ToolCall]) -> list[dict]:
+    return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments_json}} for c in calls]
+
+
+def _tool_finish_reason(plan: ToolPlan) -> str:
+    # NOTE: OpenAI (and vLLM) answer a call forced by name with "stop"; "required" and calls the
+    # model chose itself end with "tool_calls".
+    return "stop" if plan.forced else "tool_calls"
 
 
 def _usage(num_prompt: int, num_generated: int, num_cached: int) -> dict:
@@ -119,8 +122,8 @@ def _response(body: ChatCompletionRequest, plan: ToolPlan | None, result: Collec
             shown = streamer.feed(choice.text)
             rest, calls = streamer.finish()
             if calls:
-                message = {"role": "assistant", "content": shown.strip() or None, "tool_calls": _tool_call_dicts(calls, False)}
-                finish = "tool_calls"
+                message = {"role": "assistant", "content": shown.strip() or None, "tool_calls": _tool_call_dicts(calls)}
+                finish = _tool_finish_reason(plan)
         logprobs = chat_logprobs(choice.logprobs, body.top_logprobs or 0) if body.logprobs else None
         choices.append({"index": choice.index, "message": message, "logprobs": logprobs, "finish_reason": finish})
     return {
@@ -149,7 +152,7 @@ async def _stream(
             data["usage"] = _usage(num_prompt, num_generated, num_cached) if continuous else None
         return sse(data)
 
-    streamers = [ToolCallStreamer(plan) if plan is not None else None for _ in range(request.params.n)]
+    streamers = [ToolCallDeltas(ToolCallStreamer(plan)) if plan is not None else None for _ in range(request.params.n)]
     for i in range(request.params.n):
         yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
     try:
@@ -158,16 +161,17 @@ async def _stream(
             for completion in output.outputs:
                 num_generated += len(completion.token_ids)
                 streamer = streamers[completion.index]
-                text = streamer.feed(completion.text) if streamer is not None else completion.text
-                delta: dict = {"content": text} if text else {}
+                text, tool_deltas = streamer.feed(completion.text) if streamer is not None else (completion.text, [])
                 finish = completion.finish_reason
                 if finish is not None and streamer is not None:
-                    rest, calls = streamer.finish()
-                    if rest:
-                        delta["content"] = delta.get("content", "") + rest
-                    if calls:
-                        delta["tool_calls"] = _tool_call_dicts(calls, True)
-                        finish = "tool_calls"
+                    rest, last_deltas, parsed = streamer.finish()
+                    text += rest
+                    tool_deltas += last_deltas
+                    if parsed or (streamer.opened and finish != "length"):
+                        finish = _tool_finish_reason(plan)
+                delta: dict = {"content": text} if text else {}
+                if tool_deltas:
+                    delta["tool_calls"] = tool_deltas
                 logprobs = None
                 if body.logprobs and completion.logprobs:
                     logprobs = chat_logprobs(completion.logprobs, body.top_logprobs or 0)

@@ -19,6 +19,8 @@ class ServerSettings:
     # Sequences (a request with n=4 counts 4) the server takes at once: what the engine runs
     # plus what may wait for it. Past this a request gets 429 with Retry-After.
     max_pending_seqs: int = 512
+    # Web origins whose pages may call the API (cors.py); none by default.
+    allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_pending_seqs < 1:
@@ -74,6 +76,16 @@ class ServerState:
         self.metrics = ServerMetrics(llm.stats)
         self.admission = Admission(settings.max_pending_seqs, self.metrics)
         self.started = time.time()
+        self._model_load_ns = int(model.load_seconds * 1e9)
+        self._lock = threading.Lock()
+
+    def take_model_load_ns(self) -> int:
+        """The model's load time for the first answer that reports durations, 0 after: Ollama
+        charges a load to the request that waited for it, and the first request is the one that
+        would have (this server loads before it listens)."""
+        with self._lock:
+            load, self._model_load_ns = self._model_load_ns, 0
+        return load
 
     def check_model(self, requested: str | None) -> None:
         if not self.model.matches(requested):
@@ -86,8 +98,8 @@ class ServerState:
 
     def tokenize(self, text: str) -> list[int]:
         """The engine's own tokenization (special tokens as the model expects, one BOS)."""
-        return self.llm.engine.tokenize(text)[1]
+        return self.llm.tokenize(text)
 
     @property
     def vocab_size(self) -> int:
-        return self.llm.engine.config_vocab_size
+        return self.llm.vocab_size

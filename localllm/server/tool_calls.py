@@ -105,9 +105,9 @@ def hermes_call_text(name: str, arguments: dict) -> str:
 
 # ---------------------------------------------------------------- parsing
 
-_HERMES_MARKER = "<tool_call>"
+HERMES_MARKER = "<tool_call>"
 _HERMES_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
-_PYTHON_TAG = "<|python_tag|>"
+PYTHON_TAG = "<|python_tag|>"
 
 
 def _call_from_object(obj, names: set[str]) -> ToolCall | None:
@@ -123,7 +123,7 @@ def _call_from_object(obj, names: set[str]) -> ToolCall | None:
 
 
 def _parse_hermes(text: str, names: set[str]) -> tuple[str, list[ToolCall]] | None:
-    start = text.find(_HERMES_MARKER)
+    start = text.find(HERMES_MARKER)
     if start < 0:
         return None
     calls = []
@@ -139,7 +139,7 @@ def _parse_hermes(text: str, names: set[str]) -> tuple[str, list[ToolCall]] | No
 
 
 def _parse_llama3(text: str, names: set[str]) -> tuple[str, list[ToolCall]] | None:
-    body = text.strip().removeprefix(_PYTHON_TAG).strip()
+    body = text.strip().removeprefix(PYTHON_TAG).strip()
     if not body.startswith("{"):
         return None
     decoder = json.JSONDecoder()
@@ -182,6 +182,7 @@ class ToolCallStreamer:
         self.text = ""
         self.sent = 0  # text[:sent] has been streamed as content
         self.in_call = False
+        self.call_start = 0  # where the calls begin in text, once in_call (forced: at once)
 
     def feed(self, delta: str) -> str:
         self.text += delta
@@ -190,19 +191,20 @@ class ToolCallStreamer:
         if self.plan.format is ToolFormat.LLAMA3_JSON:
             if self.sent == 0:
                 head = self.text.lstrip()
-                if not head or _PYTHON_TAG.startswith(head[: len(_PYTHON_TAG)]) and len(head) < len(_PYTHON_TAG):
+                if not head or PYTHON_TAG.startswith(head[: len(PYTHON_TAG)]) and len(head) < len(PYTHON_TAG):
                     return ""  # whitespace or a partial tag: not known yet
-                if head.startswith(("{", _PYTHON_TAG)):
+                if head.startswith(("{", PYTHON_TAG)):
                     self.in_call = True
+                    self.call_start = len(self.text) - len(head)
                     return ""
             end = len(self.text)
         else:
-            found = self.text.find(_HERMES_MARKER, max(0, self.sent - len(_HERMES_MARKER)))
+            found = self.text.find(HERMES_MARKER, max(0, self.sent - len(HERMES_MARKER)))
             if found >= 0:
                 self.in_call = True
-                end = found
+                self.call_start = end = found
             else:
-                end = len(self.text) - _partial_suffix(self.text, _HERMES_MARKER)
+                end = len(self.text) - _partial_suffix(self.text, HERMES_MARKER)
         out = self.text[self.sent : end]
         self.sent = max(self.sent, end)
         return out

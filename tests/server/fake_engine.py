@@ -75,6 +75,7 @@ class FakeLLMEngine:
         self.max_model_len = max_model_len
         self.num_blocks = num_blocks
         self.config_vocab_size = 1000
+        self.load_seconds = 0.25
         self.reply = reply
         self.step_delay = step_delay
         self.fail_next_step: Exception | None = None

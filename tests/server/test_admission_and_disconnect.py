@@ -116,3 +116,18 @@ def test_many_concurrent_requests_all_finish(fake_server):
         t.join(timeout=30)
     assert results == [200] * 24, results
     assert time.monotonic() - started < 30
+
+
+def test_the_server_reads_the_engine_through_asyncllms_public_accessors(fake_server):
+    server = fake_server()
+    llm = server.llm
+    assert llm.is_running and llm.error is None
+    assert llm.tokenize("a b a") == server.engine.tokenize("a b a")[1] and len(llm.tokenize("a b a")) == 3
+    assert llm.vocab_size == 1000 and llm.load_seconds == 0.25
+    # /api/generate's `context` is checked against the vocabulary through the accessor.
+    bad = httpx.post(server.url + "/api/generate", json={"model": "fake", "prompt": "x", "context": [999, 1000]})
+    assert bad.status_code == 400 and "[0, 1000)" in bad.json()["error"]
+    llm.shutdown()
+    assert not llm.is_running and llm.error is None
+    health = httpx.get(server.url + "/health")
+    assert health.status_code == 503 and health.json() == {"status": "error", "error": "the engine stopped"}

@@ -36,9 +36,9 @@ def fake_build(monkeypatch):
             raise calls["error"]
         return Engine()
 
-    def run(llm, model, sock, host, port, api_key, names, max_pending_seqs, log_level):
+    def run(llm, model, sock, host, port, api_key, names, max_pending_seqs, allowed_origins, log_level):
         calls["run"] = dict(model=model, host=host, port=port, api_key=api_key, names=names,
-                            max_pending_seqs=max_pending_seqs, bound=sock.getsockname())
+                            max_pending_seqs=max_pending_seqs, allowed_origins=allowed_origins, bound=sock.getsockname())
         sock.close()
 
     monkeypatch.setattr(serve_module, "_make_engine", make_engine)
@@ -55,7 +55,8 @@ def free_port() -> int:
 def test_help_lists_serve_and_its_flags():
     assert "serve" in runner.invoke(app, ["--help"]).stdout
     result = runner.invoke(app, ["serve", "--help"])
-    for flag in ("--host", "--port", "--api-key", "--served-model-name", "--max-queue", "--max-model-len", "--kv-cache-blocks"):
+    for flag in ("--host", "--port", "--api-key", "--served-model-name", "--max-queue", "--max-model-len", "--kv-cache-blocks",
+                 "--allowed-origins"):
         assert flag in result.stdout
 
 
@@ -68,6 +69,7 @@ def test_defaults_and_flags_reach_engine_and_server(fake_build):
     run = fake_build["run"]
     assert run["host"] == "127.0.0.1" and run["bound"] == ("127.0.0.1", port)  # loopback unless told otherwise
     assert run["api_key"] is None and run["max_pending_seqs"] == 64 + 256
+    assert run["allowed_origins"] == ()  # no cross-origin access unless asked
     assert fake_build["shutdown"]
 
     result = runner.invoke(app, [
@@ -88,6 +90,20 @@ def test_api_key_from_the_environment(fake_build):
     result = runner.invoke(app, ["serve", "--port", str(free_port())], env={"LOCALLLM_API_KEY": "from-env"})
     assert result.exit_code == 0, result.output
     assert fake_build["run"]["api_key"] == "from-env"
+
+
+def test_allowed_origins_flag_and_environment(fake_build):
+    port = str(free_port())
+    result = runner.invoke(app, ["serve", "--port", port, "--allowed-origins", "http://localhost:3000",
+                                 "--allowed-origins", "http://127.0.0.1:*,https://app.example.com/"])
+    assert result.exit_code == 0, result.output
+    assert fake_build["run"]["allowed_origins"] == ("http://localhost:3000", "http://127.0.0.1:*", "https://app.example.com")
+    result = runner.invoke(app, ["serve", "--port", port], env={"LOCALLLM_ALLOWED_ORIGINS": "*"})
+    assert result.exit_code == 0, result.output
+    assert fake_build["run"]["allowed_origins"] == ("*",)
+    fake_build.clear()
+    result = runner.invoke(app, ["serve", "--port", port, "--allowed-origins", "localhost:3000"])
+    assert result.exit_code == 1 and "--allowed-origins" in result.stderr and "engine" not in fake_build
 
 
 def test_port_in_use_fails_before_loading(fake_build):

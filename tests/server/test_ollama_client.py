@@ -25,6 +25,7 @@ def test_chat(client):
     assert response.done and response.done_reason in ("stop", "length")
     assert 0 < response.eval_count <= 12 and response.prompt_eval_count > 5
     assert response.total_duration > response.eval_duration > 0
+    assert response.total_duration >= response.load_duration > 0  # the model's load (first answer) or the wait before generating
 
 
 def test_chat_stream_matches(client):

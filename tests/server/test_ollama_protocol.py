@@ -33,6 +33,20 @@ def test_chat_streams_ndjson_then_final_stats_in_nanoseconds(fake_server):
     assert final["total_duration"] >= final["prompt_eval_duration"] + final["eval_duration"] > 0
 
 
+def test_load_duration_is_the_models_load_on_the_first_answer_then_the_wait_before_generation(fake_server):
+    server = fake_server(model={"load_seconds": 2.5})
+    assert post(server, "/api/chat").json()["done_reason"] == "load"  # a load request reports nothing
+    first = ndjson_lines(post(server, "/api/chat", messages=USER).text)[-1]
+    assert 2.5e9 <= first["load_duration"] < 3.5e9  # the load this server did before listening
+    parts = first["load_duration"] + first["prompt_eval_duration"] + first["eval_duration"]
+    assert first["total_duration"] >= parts  # Ollama's total includes the load
+    for stream in (False, True):
+        body = post(server, "/api/generate", prompt="again", stream=stream)
+        later = body.json() if not stream else ndjson_lines(body.text)[-1]
+        assert 0 < later["load_duration"] < 1e9  # reading and tokenizing the request, no load
+        assert later["total_duration"] >= later["load_duration"] + later["prompt_eval_duration"] + later["eval_duration"]
+
+
 def test_chat_without_streaming_is_one_object(fake_server):
     server = fake_server()
     body = post(server, "/api/chat", messages=USER, stream=False).json()
@@ -77,11 +91,18 @@ def test_options_reach_the_engine_and_defaults_are_ollamas(fake_server):
     assert (p.repetition_penalty, p.presence_penalty, p.frequency_penalty) == (1.3, 0.2, 0.1)
 
 
-def test_num_ctx_bounds_prompt_plus_num_predict_with_the_numbers(fake_server):
+def test_num_ctx_bounds_the_prompt_and_caps_num_predict(fake_server):
     server = fake_server(max_model_len=256)
-    response = post(server, "/api/generate", prompt="a b c", raw=True, options={"num_ctx": 20, "num_predict": 30})
-    error = assert_ollama_error(response, 400)
-    assert "20 tokens" in error and "33 tokens (3 in the prompt, 30 in the completion)" in error
+    # As Ollama: num_predict past the context's room is a cap, not an error (Continue sends 4096
+    # with num_ctx set to the model's context); generation ends at the context's end.
+    response = post(server, "/api/generate", prompt="a b c", raw=True, stream=False, options={"num_ctx": 20, "num_predict": 30})
+    assert response.status_code == 200, response.text
+    assert server.engine.added[-1].params.max_tokens == 17
+    post(server, "/api/generate", prompt="a b c", raw=True, stream=False, options={"num_ctx": 20, "num_predict": 5})
+    assert server.engine.added[-1].params.max_tokens == 5
+    # A prompt that does not fit is a 400 with the numbers, never cut.
+    error = assert_ollama_error(post(server, "/api/generate", prompt="a b c d e", raw=True, options={"num_ctx": 5}), 400)
+    assert "maximum context length is 5 tokens" in error and "the prompt has 5 tokens" in error
     post(server, "/api/generate", prompt="a b c", raw=True, stream=False, options={"num_ctx": 20})
     assert server.engine.added[-1].params.max_tokens == 17  # the rest of num_ctx
     post(server, "/api/generate", prompt="a b c", raw=True, stream=False, options={"num_ctx": 100000})

@@ -187,6 +187,8 @@ def test_engine_failure_is_an_error_and_the_server_stays_up(fake_server):
     assert "scripted failure" in events[-2]["error"]["message"]
     # The engine thread is gone now: requests get a 503 in the API's shape, the rest still answers.
     assert_openai_error(chat(server), 503, contains="engine")
-    assert httpx.get(server.url + "/health").status_code == 503
+    health = httpx.get(server.url + "/health")
+    assert health.status_code == 503 and "scripted failure" in health.json()["error"]
+    assert not server.llm.is_running and str(server.llm.error) == "scripted failure"
     assert httpx.get(server.url + "/v1/models").status_code == 200
     server.engine.requests.clear()

@@ -35,15 +35,104 @@ def test_tool_call_parsed_from_the_answer(fake_server):
     assert "tools" not in kwargs
 
 
-def test_tool_call_streamed(fake_server):
-    server = fake_server(reply=calling)
-    with httpx.stream("POST", server.url + CHAT, json={"model": "fake", "messages": USER, "tools": TOOLS, "stream": True}) as r:
-        events = sse_events(r.read().decode())[:-1]
+def stream_chat(server, **body) -> list[dict]:
+    with httpx.stream("POST", server.url + CHAT, json={"model": "fake", "messages": USER, "stream": True, **body}) as r:
+        return sse_events(r.read().decode())[:-1]
+
+
+def tool_call_events(events: list[dict]) -> list[tuple[int, dict]]:
+    """(event number, tool-call delta) in order."""
+    return [(n, call) for n, e in enumerate(events) for call in e["choices"][0]["delta"].get("tool_calls") or []]
+
+
+def accumulate(events: list[dict]) -> dict[int, dict]:
+    """Tool calls rebuilt from their deltas as OpenAI's SDKs do: by index, arguments joined."""
+    calls: dict[int, dict] = {}
+    for _, d in tool_call_events(events):
+        call = calls.setdefault(d["index"], {"id": None, "name": None, "arguments": ""})
+        call["id"] = d.get("id") or call["id"]
+        call["name"] = d["function"].get("name") or call["name"]
+        call["arguments"] += d["function"].get("arguments") or ""
+    return calls
+
+
+def test_tool_call_streamed_argument_by_argument(fake_server):
+    pieces = ["Sure", ".", "\n<tool", "_call>\n", '{"name": "get_', 'weather", "arg', 'uments": {"ci', 'ty": "Pa',
+              'ris", "u', 'nit": "C"}}', "\n</tool_call>"]
+    server = fake_server(reply=lambda p, params: pieces)
+    tools = [{**TOOLS[0], "function": {**TOOLS[0]["function"], "name": "get_weather"}}]
+    events = stream_chat(server, tools=tools)
     deltas = [e["choices"][0]["delta"] for e in events]
     assert "".join(d.get("content") or "" for d in deltas) == "Sure.\n"
-    [calls] = [d["tool_calls"] for d in deltas if "tool_calls" in d]
-    assert calls[0]["index"] == 0 and calls[0]["function"]["name"] == "get_weather"
-    assert json.loads(calls[0]["function"]["arguments"]) == {"city": "Paris"}
+    ordered = tool_call_events(events)
+    # OpenAI's shape: the first delta names the call (id, type, name, empty arguments) ...
+    first = ordered[0][1]
+    assert first == {"index": 0, "id": first["id"], "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+    assert first["id"].startswith("call_")
+    # ... then the arguments come in fragments, as the model writes them, without id or name.
+    fragments = [d for _, d in ordered[1:]]
+    assert len(fragments) >= 3 and all(set(d) == {"index", "function"} and set(d["function"]) == {"arguments"} for d in fragments)
+    assert ordered[1][0] < len(events) - 1  # the first fragment went out before the final chunk
+    [call] = accumulate(events).values()
+    assert call["arguments"] == '{"city": "Paris", "unit": "C"}'
+    assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    # The same answer, not streamed: the same call.
+    body = httpx.post(server.url + CHAT, json={"model": "fake", "messages": USER, "tools": tools}).json()
+    assert json.loads(body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]) == json.loads(call["arguments"])
+
+
+def test_two_streamed_calls_get_their_own_index_and_id(fake_server):
+    pieces = ["<tool_call>\n", '{"name": "get_weather", "arguments": {"city": ', '"Oslo"}}', "\n</tool_call>\n",
+              "<tool_call>\n", '{"name": "get_weather", ', '"arguments": {"city": "Rome"}}', "\n</tool_call>"]
+    server = fake_server(reply=lambda p, params: pieces)
+    events = stream_chat(server, tools=TOOLS)
+    calls = accumulate(events)
+    assert sorted(calls) == [0, 1] and calls[0]["id"] != calls[1]["id"]
+    assert [json.loads(c["arguments"]) for c in calls.values()] == [{"city": "Oslo"}, {"city": "Rome"}]
+    assert all(not e["choices"][0]["delta"].get("content") for e in events)
+    assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_calls_the_stream_cannot_follow_early_come_when_they_can(fake_server):
+    # "arguments" before "name": the call opens when its name arrives, with the arguments so far.
+    pieces = ["<tool_call>\n", '{"arguments": {"city": "Lima"}, ', '"name": "get_weather"}', "\n</tool_call>"]
+    server = fake_server(reply=lambda p, params: pieces)
+    events = stream_chat(server, tools=TOOLS)
+    [(n, opened), (m, arguments)] = tool_call_events(events)
+    assert n == m < len(events) - 1 and opened["function"]["name"] == "get_weather"
+    assert json.loads(arguments["function"]["arguments"]) == {"city": "Lima"}
+    assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    # Arguments written as a JSON string are not followed: the call comes whole with the finish.
+    pieces[:] = ["<tool_call>\n", '{"name": "get_weather", ', '"arguments": "{\\"city\\": \\"Lima\\"}"}', "\n</tool_call>"]
+    events = stream_chat(server, tools=TOOLS)
+    [(n, call)] = tool_call_events(events)
+    assert n == len(events) - 1 and json.loads(call["function"]["arguments"]) == {"city": "Lima"}
+    assert call["function"]["name"] == "get_weather" and events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    # An unknown tool is no call: its text is content, as without streaming.
+    pieces[:] = ["<tool_call>\n", '{"name": "nope", "arguments": {}}', "\n</tool_call>"]
+    events = stream_chat(server, tools=TOOLS)
+    assert tool_call_events(events) == []
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events) == "".join(pieces)
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_a_call_cut_short_by_max_tokens_ends_with_length(fake_server):
+    pieces = ["<tool_call>\n", '{"name": "get_weather", ', '"arguments": {"city": ', '"Tok', 'yo"}}', "\n</tool_call>"]
+    server = fake_server(reply=lambda p, params: pieces)
+    events = stream_chat(server, tools=TOOLS, max_tokens=4)
+    [call] = accumulate(events).values()
+    assert call["name"] == "get_weather" and call["arguments"] == '{"city": "Tok'  # what was written, as OpenAI does
+    assert all(not e["choices"][0]["delta"].get("content") for e in events)  # not repeated as text
+    assert events[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_tool_call_streamed(fake_server):
+    server = fake_server(reply=calling)
+    events = stream_chat(server, tools=TOOLS)
+    deltas = [e["choices"][0]["delta"] for e in events]
+    assert "".join(d.get("content") or "" for d in deltas) == "Sure.\n"
+    [call] = accumulate(events).values()
+    assert call["name"] == "get_weather" and json.loads(call["arguments"]) == {"city": "Paris"}
     assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
@@ -55,10 +144,20 @@ def test_forced_tool_choice_constrains_the_output_to_a_call(fake_server):
     assert schema["properties"]["name"] == {"const": "get_weather"}
     assert schema["properties"]["arguments"] == TOOLS[0]["function"]["parameters"]
     message = body["choices"][0]["message"]
-    assert message["content"] is None and body["choices"][0]["finish_reason"] == "tool_calls"
+    # OpenAI (and vLLM) end a call forced by name with "stop", not "tool_calls".
+    assert message["content"] is None and body["choices"][0]["finish_reason"] == "stop"
     assert json.loads(message["tool_calls"][0]["function"]["arguments"]) == {"city": "Oslo"}
-    httpx.post(server.url + CHAT, json={"model": "fake", "messages": USER, "tools": TOOLS, "tool_choice": "required"})
+    events = stream_chat(server, tools=TOOLS, tool_choice=choice)
+    [call] = accumulate(events).values()
+    assert call["name"] == "get_weather" and json.loads(call["arguments"]) == {"city": "Oslo"}
+    assert len(tool_call_events(events)) >= 2  # named first, arguments after
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+    # "required" lets the model pick the tool, and ends with "tool_calls" (as vLLM).
+    required = httpx.post(server.url + CHAT, json={"model": "fake", "messages": USER, "tools": TOOLS, "tool_choice": "required"})
     assert server.engine.added[-1].params.structured_outputs is not None
+    assert required.json()["choices"][0]["finish_reason"] == "tool_calls"
+    events = stream_chat(server, tools=TOOLS, tool_choice="required")
+    assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
 def test_tool_choice_errors(fake_server):
@@ -123,16 +222,18 @@ def test_ollama_chat_tool_calls(fake_server):
 
 def test_llama3_json_tool_calls(fake_server):
     template = "{% if tools %}Environment: ipython {{ tools }}{% endif %}<|python_tag|>"
-    pieces = ['{"name": "get_weather", ', '"parameters": {"city": "Lima"}}']
+    pieces = ['{"name": "get_weather", ', '"parameters": {"city": ', '"Lima"}}']
     server = fake_server(reply=lambda p, params: pieces, chat_template=template)
     body = httpx.post(server.url + CHAT, json={"model": "fake", "messages": USER, "tools": TOOLS}).json()
     assert server.engine.rendered[-1][1]["tools"] == TOOLS
     [call] = body["choices"][0]["message"]["tool_calls"]
     assert json.loads(call["function"]["arguments"]) == {"city": "Lima"}
-    with httpx.stream("POST", server.url + CHAT, json={"model": "fake", "messages": USER, "tools": TOOLS, "stream": True}) as r:
-        events = sse_events(r.read().decode())[:-1]
+    events = stream_chat(server, tools=TOOLS)
     assert all(not e["choices"][0]["delta"].get("content") for e in events)  # the JSON is never shown as text
-    assert events[-1]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"] == "get_weather"
+    [call] = accumulate(events).values()
+    assert call["name"] == "get_weather" and call["arguments"] == '{"city": "Lima"}'
+    assert tool_call_events(events)[0][0] < len(events) - 1  # opened before the end
+    assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
     # a forced call in Llama's format names its arguments "parameters"
     httpx.post(server.url + CHAT, json={"model": "fake", "messages": USER, "tools": TOOLS, "tool_choice": "required"})
     assert "parameters" in json.loads(server.engine.added[-1].params.structured_outputs.json)["properties"]

@@ -1,9 +1,13 @@
-"""Tool-call formats: parsing, streaming hold-back, forced-call schemas (no server)."""
+"""Tool-call formats: parsing, streaming hold-back and argument deltas, forced-call schemas (no server)."""
 
 from __future__ import annotations
 
+import json
+import random
+
 import pytest
 
+from localllm.server.tool_call_deltas import ToolCallDeltas, scan_call
 from localllm.server.tool_calls import (
     ToolCallStreamer,
     ToolFormat,
@@ -117,3 +121,109 @@ def test_forced_output_parses_or_is_none_when_cut_short():
     s = ToolCallStreamer(plan(forced="get_weather"))
     assert s.feed('{"name": "get_weather", "arguments": {}}') == ""
     assert [c.name for c in s.finish()[1]] == ["get_weather"]
+
+
+# ---------------------------------------------------------------- incremental (OpenAI) streaming
+
+SEARCH = ToolSpec("search", None, {"type": "object"})
+
+
+def _replay(plan: ToolPlan, text: str, cuts: list[int]) -> tuple[str, dict[int, dict], bool]:
+    """Feed `text` cut at `cuts` through ToolCallDeltas; (content, calls by index, parsed)."""
+    deltas = ToolCallDeltas(ToolCallStreamer(plan))
+    content, events = "", []
+    for a, b in zip([0, *cuts], [*cuts, len(text)]):
+        shown, new = deltas.feed(text[a:b])
+        content += shown
+        events += new
+    rest, last, parsed = deltas.finish()
+    calls: dict[int, dict] = {}
+    for d in events + last:
+        call = calls.setdefault(d["index"], {"id": None, "name": None, "arguments": ""})
+        if "id" in d:
+            assert call["id"] is None, "a call is opened once"
+            call["id"], call["name"] = d["id"], d["function"]["name"]
+        call["arguments"] += d["function"]["arguments"]
+    return content + rest, calls, parsed
+
+
+@pytest.mark.parametrize("fmt, text", [
+    (ToolFormat.HERMES, 'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": [1, 2], '
+                        '"q": "a \\"}\\" {b}"}}\n</tool_call>\n<tool_call>\n{"name": "search", "arguments": {}}\n</tool_call>'),
+    (ToolFormat.HERMES, '<tool_call>{"name":"search","arguments":{"nested":{"x":[{"y":null}],"z":true},"n":-1.5e3}}</tool_call>'),
+    (ToolFormat.HERMES, '<tool_call>\n{"id": 3, "arguments": {"city": "Rome"}, "name": "get_weather"}\n</tool_call>'),
+    (ToolFormat.LLAMA3_JSON, '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Lima"}}; '
+                             '{"name": "search", "parameters": {"query": "}{"}}'),
+])
+def test_streamed_arguments_join_into_the_parsed_call_however_the_text_is_cut(fmt, text):
+    plan = ToolPlan((WEATHER, SEARCH), fmt, False)
+    expected_content, expected_calls = parse_tool_calls(text, fmt, plan.names)
+    assert expected_calls  # the fixture is a valid answer
+    rng = random.Random(7)
+    for trial in range(60):
+        cuts = sorted(rng.sample(range(1, len(text)), rng.randint(0, min(len(text) - 1, 30)))) if trial else []
+        content, calls, parsed = _replay(plan, text, cuts)
+        assert parsed and content.strip() == expected_content
+        assert [c["name"] for c in calls.values()] == [c.name for c in expected_calls]
+        assert [json.loads(c["arguments"]) for c in calls.values()] == [c.arguments for c in expected_calls]
+        assert len({c["id"] for c in calls.values()}) == len(calls)
+
+
+def test_a_call_is_opened_as_soon_as_its_name_and_arguments_begin():
+    plan = ToolPlan((WEATHER,), ToolFormat.HERMES, False)
+    deltas = ToolCallDeltas(ToolCallStreamer(plan))
+    assert deltas.feed('<tool_call>\n{"name": "get_wea') == ("", [])  # the name is not complete yet
+    assert deltas.feed('ther", ') == ("", [])  # known, but its arguments have not begun
+    _, [opened, first] = deltas.feed('"arguments": {"ci')
+    assert opened["function"] == {"name": "get_weather", "arguments": ""} and opened["index"] == 0
+    assert first == {"index": 0, "function": {"arguments": '{"ci'}}
+    assert deltas.feed('ty": "Oslo"}') == ("", [{"index": 0, "function": {"arguments": 'ty": "Oslo"}'}}])
+    assert deltas.feed("}\n</tool_call>") == ("", [])  # the outer brace and the tag are not arguments
+    assert deltas.finish() == ("", [], True)
+
+
+@pytest.mark.parametrize("text, arguments", [
+    ('<tool_call>\n{"name": "get_weather", "arguments": "{\\"city\\": \\"Rome\\"}"}\n</tool_call>', {"city": "Rome"}),
+    ('<tool_call>\n{"name": "get_time"}\n</tool_call>', {}),  # no arguments at all
+])
+def test_calls_it_cannot_follow_come_whole_at_the_end(text, arguments):
+    plan = ToolPlan((WEATHER, TIME), ToolFormat.HERMES, False)
+    deltas = ToolCallDeltas(ToolCallStreamer(plan))
+    assert deltas.feed(text) == ("", [])
+    rest, [call], parsed = deltas.finish()
+    assert parsed and rest == "" and call["index"] == 0 and call["id"].startswith("call_")
+    assert json.loads(call["function"]["arguments"]) == arguments
+
+
+def test_arguments_written_before_the_name_go_out_when_the_name_arrives():
+    plan = ToolPlan((WEATHER,), ToolFormat.HERMES, False)
+    deltas = ToolCallDeltas(ToolCallStreamer(plan))
+    assert deltas.feed('<tool_call>\n{"arguments": {"city": "Rome"}, ') == ("", [])
+    _, [opened, arguments] = deltas.feed('"name": "get_weather"}\n</tool_call>')
+    assert opened["function"]["name"] == "get_weather" and arguments["function"]["arguments"] == '{"city": "Rome"}'
+
+
+def test_forced_calls_stream_their_arguments_too():
+    plan = ToolPlan((WEATHER, SEARCH), ToolFormat.HERMES, False, forced="search")
+    content, calls, parsed = _replay(plan, '{"name": "search", "arguments": {"query": "x"}}', [10, 20, 30, 40])
+    assert content == "" and parsed and calls[0]["name"] == "search" and json.loads(calls[0]["arguments"]) == {"query": "x"}
+
+
+def test_scan_call_reports_broken_json():
+    assert scan_call('{"name": "a" "arguments": {}}', 0).broken
+    assert scan_call('{"name": "a", "arguments": {}}}', 0).end == 30
+    assert scan_call('{"name": "a", ', 0).name == "a" and scan_call('{"name": "a", ', 0).end is None
+
+
+def test_a_long_call_is_scanned_once_however_many_pieces_it_comes_in(monkeypatch):
+    from localllm.server import tool_call_deltas
+
+    steps = []
+    step = tool_call_deltas.CallScanner._step
+    monkeypatch.setattr(tool_call_deltas.CallScanner, "_step", lambda self, text, i: steps.append(i) or step(self, text, i))
+    content = "x = 1\\n" * 2000  # a file written by a write_file call, 12k characters
+    text = '<tool_call>\n{"name": "search", "arguments": {"query": ' + json.dumps(content) + "}}\n</tool_call>"
+    plan = ToolPlan((SEARCH,), ToolFormat.HERMES, False)
+    _, calls, parsed = _replay(plan, text, list(range(7, len(text), 7)))
+    assert parsed and json.loads(calls[0]["arguments"]) == {"query": content}
+    assert len(steps) == len(set(steps)) < len(text)  # every character once, not once per piece
