@@ -68,10 +68,13 @@ def pull(
 ) -> None:
     """Download a model into the local store (resumes an interrupted pull)."""
     from localllm.errors import LocalLLMError
+    from localllm.hub.bars import PullBars
     from localllm.hub.pull import pull as pull_model
 
     try:
-        result = pull_model(name, quantization, revision=revision, context=context, log=_err)
+        with PullBars() as bars:
+            result = pull_model(name, quantization, revision=revision, context=context, log=bars.log,
+                                progress=bars)
     except (LocalLLMError, ValueError) as e:
         fail(str(e))
     except KeyboardInterrupt:

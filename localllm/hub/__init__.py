@@ -7,6 +7,9 @@ here, and huggingface_hub only inside the functions that talk to the Hub.
   manifest.py  the manifest of one entry, checked on every read
   variants.py  which repo and which of its files make a model
   remote.py    the Hub: file listing, resumable checked downloads, one-line errors
+  download.py  a selection of files into a store entry, several at a time, then published
+  progress.py  PullProgress events (bytes per file and overall, rate; layers of a quantization)
+  bars.py      those events as rich bars on stderr (`localllm pull`)
   choose.py    which variant to pull: tag, --quantization, or the memory planner (quant/fit.py)
   local_quant.py  quantize after pull, when no pre-quantized variant fits (localllm.quant)
   pull.py      pull() and ensure_model() (pull on first use)

@@ -14,6 +14,7 @@ import shutil
 from datetime import datetime, timezone
 
 from localllm.hub.manifest import FileEntry, Manifest
+from localllm.hub.progress import Progress, layer_reporter
 from localllm.hub.store import Store, StoreEntry
 
 LOCAL_METHODS = ("awq", "gptq", "fp8")
@@ -29,9 +30,10 @@ def available() -> bool:
 
 def quantize_into_store(
     store: Store, base: StoreEntry, name: str, method: str, pulled_as: str, log, *, device: str = "auto",
-    options: dict | None = None,
+    options: dict | None = None, progress: Progress | None = None,
 ) -> StoreEntry:
-    """Quantize the bf16 entry `base` with `method` into the entry name:method."""
+    """Quantize the bf16 entry `base` with `method` into the entry name:method. Each finished
+    decoder layer is a PullProgress event for `progress` when given, else a line for `log`."""
     from localllm.quant.quantize import QuantizeOptions, quantize_model
 
     opts = QuantizeOptions(method=method, device=device, **(options or {}))
@@ -41,8 +43,10 @@ def quantize_into_store(
     partial.parent.mkdir(parents=True, exist_ok=True)
     log(f"quantizing {base.manifest.display_name} -> {name}:{method} ({opts.scheme_name()}); this takes a while")
 
-    def on_layer(done: int, total: int) -> None:
+    def log_layer(done: int, total: int) -> None:
         log(f"  {method}: layer {done}/{total}")
+
+    on_layer = log_layer if progress is None else layer_reporter(method, progress)
 
     quantize_model(str(base.path), str(partial), opts, on_layer=on_layer)
     files = tuple(

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 
 from localllm.errors import LocalLLMError, ModelNotFoundError
 from localllm.hub import local_quant, remote
+from localllm.hub.download import PLAN_FILE, download, format_size
 from localllm.hub.errors import HubUnreachableError, OfflineError, StoreError
-from localllm.hub.manifest import FileEntry, Manifest, check_relative_path
+from localllm.hub.manifest import check_relative_path
+from localllm.hub.progress import Progress
 from localllm.hub.names import ModelRef, parse_name
 from localllm.hub.store import Store, StoreEntry, default_store
 from localllm.hub.choose import Choice, choose
@@ -27,7 +26,6 @@ from localllm.hub.variants import GGUF_PREFERENCE, FileSelection, RepoListing, V
 
 QUANTIZATIONS = ("auto", "bf16", "fp8", "awq", "gptq", "gguf")
 DEFAULT_CONTEXT = 8192  # tokens the planner keeps room for, unless told otherwise
-PLAN_FILE = ".pull.json"  # in a partial directory: what the pull is fetching (for offline reports)
 
 
 def _stderr(message: str) -> None:
@@ -56,10 +54,12 @@ def pull(
     store: Store | None = None,
     log=_stderr,
     quantize_options: dict | None = None,
+    progress: Progress | None = None,
 ) -> PullResult:
     """Pull `name` into the store. `memory` (a localllm.quant.fit.DeviceMemory) is probed when
     the planner needs it and none is given; `device` is where a local quantization runs, and
-    `quantize_options` are QuantizeOptions fields for it (calibration size, ...)."""
+    `quantize_options` are QuantizeOptions fields for it (calibration size, ...). `progress`
+    receives PullProgress events (bytes of each file, layers of a local quantization)."""
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
     store = store or default_store()
@@ -69,12 +69,13 @@ def pull(
     notes: list[str] = []
     choice = choose(ref, quantization, context, memory, device, notes)
     if choice.quantize is None:
-        return _pull_variant(ref, choice.variant, revision, store, notes, log)
-    return _pull_and_quantize(ref, choice, revision, store, notes, log, device, quantize_options)
+        return _pull_variant(ref, choice.variant, revision, store, notes, log, progress)
+    return _pull_and_quantize(ref, choice, revision, store, notes, log, progress, device, quantize_options)
 
 
-def ensure_model(name: str, *, device: str = "auto", log=_stderr) -> str:
-    """The local path of `name`, pulling it first when it is a Hub name not in the store."""
+def ensure_model(name: str, *, device: str = "auto", log=_stderr, progress: Progress | None = None) -> str:
+    """The local path of `name`, pulling it first when it is a Hub name not in the store
+    (`log` hears the pull's messages, `progress` its PullProgress events)."""
     from localllm.hub.resolve import resolve_model
 
     try:
@@ -84,7 +85,7 @@ def ensure_model(name: str, *, device: str = "auto", log=_stderr) -> str:
         if ref.kind == "path":
             raise
     log(f"{ref.display} is not in the store: pulling it")
-    result = pull(name, device=device, log=log)
+    result = pull(name, device=device, log=log, progress=progress)
     for note in result.notes:
         log(note)
     return result.path
@@ -93,22 +94,22 @@ def ensure_model(name: str, *, device: str = "auto", log=_stderr) -> str:
 # ---------------------------------------------------------------- quantize after pull
 
 
-def _pull_and_quantize(ref, choice: Choice, revision, store: Store, notes: list[str], log, device: str,
+def _pull_and_quantize(ref, choice: Choice, revision, store: Store, notes: list[str], log, progress, device: str,
                        options: dict | None) -> PullResult:
     name, method = ref.alias.name, choice.quantize
     existing = _intact(store.get(name, method), log)
     if existing is not None and remote.is_offline():
         return PullResult(existing, False, (*notes, "offline: using the copy in the store"))
-    base = _pull_variant(ref, choice.variant, revision, store, notes, log)
+    base = _pull_variant(ref, choice.variant, revision, store, notes, log, progress)
     notes = list(base.notes)
     if existing is not None and existing.manifest.revision == base.entry.manifest.revision:
         return PullResult(existing, False, (*notes, f"{existing.manifest.display_name} is up to date"))
     with _locked(store, name, method, log):
         entry = local_quant.quantize_into_store(store, base.entry, name, method, ref.text, log, device=device,
-                                                options=options)
+                                                options=options, progress=progress)
     source = base.entry.manifest
     notes.append(f"quantized here from {source.display_name}, which stays in the store "
-                 f"(`localllm rm {source.display_name}` frees {_gb(source.size)})")
+                 f"(`localllm rm {source.display_name}` frees {format_size(source.size)})")
     return PullResult(entry, True, tuple(notes))
 
 
@@ -146,7 +147,8 @@ def _stored(store: Store, variant: Variant) -> StoreEntry | None:
     return found[0] if found else None
 
 
-def _pull_variant(ref: ModelRef, variant: Variant, revision, store: Store, notes: list[str], log) -> PullResult:
+def _pull_variant(ref: ModelRef, variant: Variant, revision, store: Store, notes: list[str], log,
+                  progress: Progress | None) -> PullResult:
     shown_tag = variant.tag or ("gguf" if variant.precision == "gguf" and variant.name != f"hf.co/{variant.repo}" else "")
     display = variant.name + (f":{shown_tag}" if shown_tag else "")
     existing = _stored(store, variant)
@@ -173,7 +175,7 @@ def _pull_variant(ref: ModelRef, variant: Variant, revision, store: Store, notes
     if existing is not None and _same_files(existing, listing, selection):
         return PullResult(existing, False, (*notes, f"{existing.manifest.display_name} is up to date"))
     with _locked(store, name, tag, log):
-        entry = _download(ref, variant, listing, selection, name, tag, existing, store, log)
+        entry = download(ref, variant, listing, selection, name, tag, existing, store, log, progress)
     return PullResult(entry, True, tuple(notes))
 
 
@@ -195,101 +197,6 @@ def _same_files(entry: StoreEntry, listing: RepoListing, selection: FileSelectio
     return entry.manifest.revision == listing.revision or have == want
 
 
-def _download(ref, variant, listing, selection, name, tag, existing, store: Store, log) -> StoreEntry:
-    from localllm.hub.resolve import hf_cache_dir
-
-    partial = store.partial_dir(name, tag)
-    partial.mkdir(parents=True, exist_ok=True)
-    _drop_stale(partial, selection)
-    plan = {"repo": listing.repo, "revision": listing.revision,
-            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256, "git_sha1": f.git_sha1}
-                      for f in selection.files]}
-    (partial / PLAN_FILE).write_text(json.dumps(plan, indent=2), encoding="utf-8")
-    total = sum(f.size or 0 for f in selection.files)
-    log(f"pulling {name}{':' + tag if tag else ''} from {listing.repo} (revision {listing.revision[:12]}): "
-        f"{len(selection.files)} file(s), {_gb(total)}")
-    if existing is not None:
-        _reuse_unchanged(existing, selection, partial)
-    hf_repo = hf_cache_dir() / ("models--" + listing.repo.replace("/", "--"))
-    parts = partial / ".parts"
-    for f in selection.files:
-        remote.download_file(listing.repo, listing.revision, f, partial / f.path, parts, hf_repo)
-    shutil.rmtree(parts, ignore_errors=True)
-    (partial / PLAN_FILE).unlink(missing_ok=True)
-    manifest = Manifest(
-        name=name,
-        tag=tag,
-        repo=listing.repo,
-        revision=listing.revision,
-        quantization=_quantization(partial, selection, variant),
-        format=selection.format,
-        entry=selection.entry,
-        files=tuple(FileEntry(f.path, (partial / f.path).stat().st_size, f.sha256, f.git_sha1)
-                    for f in selection.files),
-        pulled_as=ref.text,
-        created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    )
-    entry = store.publish(partial, manifest)
-    log(f"{manifest.display_name}: {_gb(manifest.size)} in the store ({entry.directory})")
-    return entry
-
-
-def _drop_stale(partial: Path, selection: FileSelection) -> None:
-    """An interrupted pull of an older revision: delete its finished files whose content changed
-    (a resumed pull trusts finished files by their size)."""
-    try:
-        old = json.loads((partial / PLAN_FILE).read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    want = {f.path: (f.size, f.sha256, f.git_sha1) for f in selection.files}
-    for item in old if isinstance(old, list) else []:
-        try:
-            path = check_relative_path(item["path"], str(partial / PLAN_FILE))
-            if want.get(path) != (item.get("size"), item.get("sha256"), item.get("git_sha1")):
-                (partial / path).unlink(missing_ok=True)
-        except (LocalLLMError, KeyError, TypeError, OSError):
-            continue
-
-
-def _reuse_unchanged(existing: StoreEntry, selection: FileSelection, partial: Path) -> None:
-    """A newer revision of an entry we hold: hard-link the files whose content did not change."""
-    import os
-
-    old = {(f.path, f.size, f.sha256, f.git_sha1) for f in existing.manifest.files}
-    for f in selection.files:
-        dest = partial / f.path
-        if (f.path, f.size, f.sha256, f.git_sha1) in old and not dest.exists() and (f.sha256 or f.git_sha1):
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(existing.directory / f.path, dest)
-            except OSError:
-                shutil.copyfile(existing.directory / f.path, dest)
-
-
-def _quantization(directory: Path, selection: FileSelection, variant: Variant) -> str:
-    if selection.format == "gguf":
-        return f"gguf:{selection.quant}" if selection.quant else "gguf"
-    if variant.precision:
-        return variant.precision
-    try:
-        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return "unknown"
-    quant = config.get("quantization_config") or {}
-    method = str(quant.get("quant_method", "")).lower()
-    if method == "compressed-tensors":
-        weights = [g.get("weights") or {} for g in (quant.get("config_groups") or {}).values() if isinstance(g, dict)]
-        if any(w.get("type") == "float" and w.get("num_bits") == 8 for w in weights):
-            return "fp8"
-        if any(w.get("type") == "int" and w.get("num_bits") == 4 for w in weights):
-            return "w4a16"
-        return method
-    if method:
-        return method
-    dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
-    return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(dtype, dtype)
-
-
 def _missing(store: Store, variant: Variant) -> str:
     """What an offline pull lacks: the files of an interrupted download, or the whole repo."""
     for partial in store.partials():
@@ -304,9 +211,3 @@ def _missing(store: Store, variant: Variant) -> str:
         if plan.get("repo") == variant.repo and missing:
             return f"an interrupted download of {variant.repo} still lacks {len(missing)} file(s): {', '.join(missing)}"
     return f"it needs the files of {variant.repo} from the Hub"
-
-
-def _gb(num_bytes: int) -> str:
-    from localllm.quant.fit import format_gb
-
-    return format_gb(num_bytes) if num_bytes >= 10**8 else f"{num_bytes / 1e6:.1f} MB"

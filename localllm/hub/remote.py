@@ -15,12 +15,14 @@ import contextlib
 import hashlib
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlparse
 
 from localllm.errors import ModelNotFoundError
 from localllm.hub.errors import DownloadError, HubAccessError, HubUnreachableError, OfflineError
+from localllm.hub.progress import FileMeter, MeteredFile, quiet_bar
 from localllm.hub.variants import RemoteFile, RepoListing
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -148,21 +150,27 @@ def _digest(path: Path, h) -> str:
 
 
 def download_file(
-    repo: str, revision: str, f: RemoteFile, dest: Path, parts: Path, hf_cache_repo: Path | None = None
+    repo: str, revision: str, f: RemoteFile, dest: Path, parts: Path, hf_cache_repo: Path | None = None,
+    meter: FileMeter | None = None, cancel: threading.Event | None = None,
 ) -> bool:
     """Make `dest` hold `f` exactly. Returns True if bytes came over the network. A failed
-    transfer keeps its part for the next pull; a finished part that fails its check is deleted."""
+    transfer keeps its part for the next pull; a finished part that fails its check is deleted.
+    `meter` hears of the bytes as they land; setting `cancel` stops the transfer."""
     # NOTE: a file reaches its final name in a partial directory only after passing check_file,
     # so a resumed pull trusts what is already there by its size and does not hash it again.
     if dest.is_file() and (f.size is None or dest.stat().st_size == f.size):
+        if meter is not None:
+            meter.finish(dest.stat().st_size)
         return False
     parts.mkdir(parents=True, exist_ok=True)
     part = parts / part_name(f)
     if not part.exists() and hf_cache_repo is not None:
         _seed_from_hf_cache(hf_cache_repo, f, part)
+    if meter is not None:
+        meter.start(part.stat().st_size if part.exists() else 0)
     fetched = False
     if not (part.exists() and f.size is not None and part.stat().st_size == f.size):
-        _fetch(repo, revision, f, part)
+        _fetch(repo, revision, f, part, meter, cancel)
         fetched = True
     problem = check_file(part, f)
     if problem is not None:
@@ -172,10 +180,13 @@ def download_file(
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(part, dest)
+    if meter is not None:
+        meter.finish(dest.stat().st_size)
     return fetched
 
 
-def _fetch(repo: str, revision: str, f: RemoteFile, part: Path) -> None:
+def _fetch(repo: str, revision: str, f: RemoteFile, part: Path, meter: FileMeter | None = None,
+           cancel: threading.Event | None = None) -> None:
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
@@ -196,14 +207,15 @@ def _fetch(repo: str, revision: str, f: RemoteFile, part: Path) -> None:
     location = meta.location or url
     if _origin(location) != _origin(url):
         headers.pop("authorization", None)  # NOTE: a signed CDN url; the token stays on the Hub
-    with hub_errors(repo, f.path), open(part, "ab") as out:
+    with hub_errors(repo, f.path), open(part, "ab") as raw:
+        out = MeteredFile(raw, meter, cancel)
         try:
             http_get(location, out, resume_size=resume, headers=headers, expected_size=expected,
-                     displayed_filename=f.path)
+                     displayed_filename=f.path, **quiet_bar())
         except OSError as e:
             if "Consistency check failed" not in str(e):
                 raise
-            got = out.tell()
+            got = raw.tell()
             raise DownloadError(
                 f"{repo}: {f.path}: received {got} bytes, expected {expected}; run the pull again to resume"
             ) from None

@@ -113,24 +113,34 @@ def _select_gguf(listing: RepoListing, ggufs: list[RemoteFile], quant: str | Non
     repo = listing.repo
     if not ggufs:
         raise DownloadError(f"{repo}: no .gguf file in the repository")
+    # NOTE: the engine's GGUF reader (models/gguf_file.py) maps one file; the parts of a split
+    # GGUF (-00001-of-00003.gguf) are refused, and passed over when no quantization was asked for.
+    whole = [f for f in ggufs if not _SPLIT_GGUF.search(f.path)]
     wanted = [quant] if quant else [q for q in GGUF_PREFERENCE]
     for q in wanted:
-        matches = sorted((f for f in ggufs if gguf_quant_of(f.path) == q), key=lambda f: (f.path.count("/"), f.path))
+        matches = sorted((f for f in (ggufs if quant else whole) if gguf_quant_of(f.path) == q),
+                         key=lambda f: (f.path.count("/"), f.path))
         if matches:
             chosen = matches[0]
             break
     else:
-        if quant is None and len(ggufs) == 1:
-            chosen, q = ggufs[0], gguf_quant_of(ggufs[0].path)
+        if quant is None and len(whole) == 1:
+            chosen, q = whole[0], gguf_quant_of(whole[0].path)
+        elif quant is None and not whole:
+            raise DownloadError(f"{repo}: every GGUF here is split into parts ({_quants(ggufs)}), which localllm "
+                                "cannot load yet")
         else:
-            have = sorted({gguf_quant_of(f.path) or posixpath.basename(f.path) for f in ggufs})
             asked = quant or " / ".join(GGUF_PREFERENCE)
-            raise DownloadError(f"{repo}: no {asked} GGUF file (has: {', '.join(have)})")
+            raise DownloadError(f"{repo}: no {asked} GGUF file (has: {_quants(ggufs)})")
     if _SPLIT_GGUF.search(chosen.path):
-        raise DownloadError(
-            f"{repo}: {chosen.path} is one part of a split GGUF; localllm loads single-file GGUFs: pick another quantization"
-        )
+        others = f"single-file ones: {_quants(whole)}" if whole else "this repository has no single-file GGUF"
+        raise DownloadError(f"{repo}: {q} is a split GGUF ({chosen.path} is one of its parts), which localllm "
+                            f"cannot load yet: pick another quantization ({others})")
     return FileSelection("gguf", chosen.path, (chosen,), q)
+
+
+def _quants(ggufs: list[RemoteFile]) -> str:
+    return ", ".join(sorted({gguf_quant_of(f.path) or posixpath.basename(f.path) for f in ggufs}))
 
 
 def _select_safetensors(listing: RepoListing, has_gguf: bool) -> FileSelection:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Protocol
 
+from localllm.hub.progress import PullProgress
 from localllm.tui.settings import ChatSettings
 
 
@@ -20,11 +21,13 @@ class BackendError(Exception):
 @dataclass(frozen=True)
 class LoadStep:
     """Progress of the load: `label` is the step under way; `done`/`total` count its units
-    (tensors, ...) when known."""
+    (tensors, bytes, ...) when known; `pull` is the download's (or local quantization's) event
+    behind this step, with its per-file figures."""
 
     label: str
     done: int | None = None
     total: int | None = None
+    pull: PullProgress | None = None
 
 
 @dataclass(frozen=True)

@@ -137,11 +137,19 @@ def _build_async_llm(model: str, engine_args: dict[str, Any], progress: Callable
 
 def _find_or_pull(model: str, device: str, progress: Callable[[LoadStep], None]) -> str:
     """The model's local path; a Hub model not in the store is pulled first, the pull's
-    messages shown as load steps (they would go to stderr, which the UI covers)."""
+    messages shown as load steps (they would go to stderr, which the UI covers) and its
+    progress events as a byte (or layer) bar."""
     from localllm.hub import ensure_model
 
     progress(LoadStep(f"find {model}"))
-    return ensure_model(model, device=device, log=lambda message: progress(LoadStep(message)))
+    return ensure_model(model, device=device, log=lambda message: progress(LoadStep(message)),
+                        progress=lambda event: progress(pull_step(model, event)))
+
+
+def pull_step(model: str, event) -> LoadStep:
+    """A pull's PullProgress as a load step: the whole download (or quantization) is the bar."""
+    label = f"download {model}" if event.stage == "download" else f"quantize {model} ({event.item})"
+    return LoadStep(label, event.overall_done, event.overall_total, pull=event)
 
 
 def _after_weights_label(config, checkpoint) -> str:

@@ -29,6 +29,7 @@ def _one_error_line(result, text: str) -> None:
     """Exit 1 and the error as the last line of stderr (progress lines may come before it)."""
     assert result.exit_code == 1, result.output
     assert result.stderr.endswith(f"\nerror: {text}\n") or result.stderr == f"error: {text}\n", result.stderr
+    assert not result.stderr.startswith("\n")
     assert result.stderr.count("error: ") == 1 and result.stdout == ""
     assert "Traceback" not in result.output
 
@@ -50,6 +51,21 @@ def test_pull_prints_progress_on_stderr_and_the_result_on_stdout(tiny):
     again = runner.invoke(app, ["pull", "org/tiny"])
     assert again.stdout == "in the store: org/tiny: BF16, 600.3 KB\n"
     assert "org/tiny is up to date" in again.stderr
+
+
+def test_pull_shows_bars_per_file_and_for_the_whole_download(tiny):
+    result = runner.invoke(app, ["pull", "org/tiny"])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stderr.splitlines() if "━" in line]
+    assert rows[0].startswith("download ") and "600.3 KB / 600.3 KB, " in rows[0] and "/s" in rows[0]
+    files = sorted(line.split()[0] for line in rows[1:])
+    assert files == ["config.json", "generation_config.json", "model-00001-of-00002.safetensors",
+                     "model-00002-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.json",
+                     "tokenizer_config.json"]
+    shard = next(line for line in rows if "model-00001-of-00002.safetensors" in line)
+    assert "299.9 KB / 299.9 KB" in shard
+    again = runner.invoke(app, ["pull", "org/tiny"])
+    assert "━" not in again.stderr and not again.stderr.startswith("\n")  # nothing to fetch: no bars
 
 
 def test_pull_errors_are_one_line(hub):
@@ -244,9 +260,10 @@ def test_doctor_plans_for_the_gpu_it_finds(home, monkeypatch):
     assert "GPU          Test GPU (cuda:0), FP8 matmuls: yes" in result.stdout
     assert "GPU memory   12 GB free of 16 GB" in result.stdout
     rows = {line.split()[0]: line.split()[1:] for line in result.stdout.split("Which models fit")[1].splitlines()[2:-1]}
-    # bf16 does not fit; fp8 leaves room for 2k tokens; AWQ for all 8k; no GPTQ variant; a GGUF
-    # runs dequantized on a GPU, so it needs what bf16 needs.
-    assert rows["llama3-8b"] == ["no", "2k", "8k", "-", "no", "AWQ", "int4,", "8k"]
+    # bf16 does not fit; fp8 leaves room for 2k tokens; AWQ and GPTQ for all 8k; a GGUF runs
+    # dequantized on a GPU, so it needs what bf16 needs. llama3-8b has no FP8 or GPTQ variant.
+    assert rows["llama3.1-8b"] == ["no", "2k", "8k", "8k", "no", "AWQ", "int4,", "8k"]
+    assert rows["llama3-8b"] == ["no", "-", "8k", "-", "no", "AWQ", "int4,", "8k"]
     assert rows["qwen2.5-0.5b"][0] == "8k" and rows["qwen2.5-0.5b"][-2:] == ["BF16,", "8k"]
 
 

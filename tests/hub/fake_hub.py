@@ -9,7 +9,8 @@
 Errors carry the Hub's headers: X-Error-Code RepoNotFound (401, as the Hub answers anonymous
 callers), RevisionNotFound / EntryNotFound (404), GatedRepo (401 without a token, 403 with a token
 that has no access). Faults can be scripted per file: cut the connection after N bytes, answer
-statuses on the next requests, flip a byte, or send a short body.
+statuses on the next requests, flip a byte, send a short body, or send it slowly (`peak_transfers`
+counts the most bodies sent at once).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Fault:
     then_statuses: list[int] = field(default_factory=list)  # answer these on the next GETs
     corrupt: bool = False  # flip one byte (same size)
     short_by: int = 0  # send a body this much shorter, with a matching Content-Length
+    delay: float = 0.0  # seconds to wait before sending the body (a slow transfer)
 
 
 @dataclass
@@ -74,6 +76,8 @@ class FakeHub:
         self._lock = threading.Lock()
         self._servers: list[ThreadingHTTPServer] = []
         self.in_flight = 0
+        self.transfers = 0  # file bodies being sent now
+        self.peak_transfers = 0  # the most at once so far
 
     # ------------------------------------------------------------------ setup
 
@@ -261,7 +265,23 @@ def _handler(hub: FakeHub, role: str):
             self._content(found[0], found[1], {"ETag": f'"{m.group(1)}"'}, head)
 
         def _content(self, file: str, data: bytes, headers: dict[str, str], head: bool) -> None:
+            if head:
+                return self._body(file, data, headers, head)
+            with hub._lock:
+                hub.transfers += 1
+                hub.peak_transfers = max(hub.peak_transfers, hub.transfers)
+            try:
+                self._body(file, data, headers, head)
+            finally:
+                with hub._lock:
+                    hub.transfers -= 1
+
+        def _body(self, file: str, data: bytes, headers: dict[str, str], head: bool) -> None:
             fault = hub.faults.get(file) if not head else None
+            if fault and fault.delay:
+                import time
+
+                time.sleep(fault.delay)
             if fault and fault.then_statuses and fault.cut_after is None:
                 return self._send(fault.then_statuses.pop(0), {}, b"busy", head)
             if fault and fault.corrupt:

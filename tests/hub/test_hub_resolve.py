@@ -273,3 +273,15 @@ def test_alias_table_is_well_formed():
         assert all(repo.count("/") == 1 for repo in alias.variants.values())
     assert get_alias("SMOLLM2") is aliases["smollm2"]
     assert get_alias("nope") is None
+
+
+def test_fp8_variants_are_ones_the_loader_reads():
+    """localllm reads FP8 in the compressed-tensors format (quant/config.py). Qwen's own Qwen3-*-FP8
+    repos are block-wise `quant_method: fp8`, and RedHatAI/Meta-Llama-3-8B-Instruct-FP8 is AutoFP8:
+    neither loads, so the table names llm-compressor FP8 repos, or none (then fp8 is quantized here)."""
+    aliases = load_aliases()
+    for name in ("qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b"):
+        size = name.removeprefix("qwen3-").upper()
+        assert aliases[name].variants["fp8"] == f"RedHatAI/Qwen3-{size}-FP8-dynamic"
+    assert "fp8" not in aliases["llama3-8b"].variants
+    assert all(repo.startswith("RedHatAI/") for a in aliases.values() for p, repo in a.variants.items() if p == "fp8")

@@ -248,9 +248,8 @@ def test_offline_says_what_is_missing(hub, monkeypatch):
         pull("org/tiny", log=quiet)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     count = hub.settle()
-    with pytest.raises(OfflineError, match=rf"an interrupted download of org/tiny still lacks 5 file\(s\): {SHARD}, "
-                                           r"model-00002-of-00002.safetensors, model.safetensors.index.json, "
-                                           r"tokenizer.json, tokenizer_config.json$"):
+    # NOTE: the other files downloaded beside the shard (several at once) while it failed
+    with pytest.raises(OfflineError, match=rf"an interrupted download of org/tiny still lacks 1 file\(s\): {SHARD}$"):
         pull("org/tiny", log=quiet)
     assert hub.settle() == count  # nothing more was asked of the Hub
 
@@ -292,7 +291,7 @@ def test_unreachable_hub(home, monkeypatch):
 def _serve_llama3_variants(hub):
     files = safetensors_repo_files()
     for repo in ("meta-llama/Meta-Llama-3-8B-Instruct", "casperhansen/llama-3-8b-instruct-awq",
-                 "RedHatAI/Meta-Llama-3-8B-Instruct-FP8"):
+                 "RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8"):
         hub.add_repo(repo, files)
     hub.add_repo("QuantFactory/Meta-Llama-3-8B-Instruct-GGUF", _gguf_files())
 
@@ -314,12 +313,12 @@ def test_auto_picks_what_the_planner_fits(hub):
 
 def test_explicit_quantization_and_missing_variants(hub):
     _serve_llama3_variants(hub)
-    assert pull("llama3-8b", "fp8", log=quiet).entry.manifest.display_name == "llama3-8b:fp8"
+    assert pull("llama3.1-8b", "fp8", log=quiet).entry.manifest.display_name == "llama3.1-8b:fp8"
     assert pull("llama3-8b:bf16", log=quiet).entry.manifest.quantization == "bf16"
     with pytest.raises(ModelNotFoundError, match=r"^model 'smollm2-360m:gguf' not found: no gguf variant \(has: bf16\)$"):
         pull("smollm2-360m", "gguf", log=quiet)
     with pytest.raises(Exception, match="the tag and --quantization awq disagree"):
-        pull("llama3-8b:fp8", "awq", log=quiet)
+        pull("llama3.1-8b:fp8", "awq", log=quiet)
     with pytest.raises(ValueError, match="quantization must be one of"):
         pull("llama3-8b", "int3", log=quiet)
 
@@ -423,7 +422,14 @@ def test_no_variant_fits_so_it_is_quantized_here(hub, tiny_model_files):
 
 def test_an_explicit_method_without_a_variant_is_quantized_here(hub, tiny_model_files):
     hub.add_repo("HuggingFaceTB/SmolLM2-360M-Instruct", tiny_model_files)
-    result = pull("smollm2-360m", "fp8", device="cpu", log=quiet)
+    events = []
+    result = pull("smollm2-360m", "fp8", device="cpu", log=quiet, progress=events.append)
     assert result.entry.manifest.display_name == "smollm2-360m:fp8"
+    layers = [e for e in events if e.stage == "quantize"]
+    num_layers = json.loads(tiny_model_files["config.json"])["num_hidden_layers"]
+    assert [(e.item, e.done, e.total, e.unit) for e in layers] == [
+        ("fp8", i, num_layers, "layer") for i in range(1, num_layers + 1)]
+    assert layers[-1].finished and not any(e.finished for e in layers[:-1])
+    assert events.index(layers[0]) > max(i for i, e in enumerate(events) if e.stage == "download")
     for f in result.entry.manifest.files:  # every file of a local quantization is hashed too
         assert f.sha256 == hashlib.sha256((result.entry.directory / f.path).read_bytes()).hexdigest()

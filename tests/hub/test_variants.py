@@ -64,10 +64,22 @@ def test_gguf_picks_one_file():
     assert select_files(listing, PLAIN).format == "gguf"  # no config.json: a GGUF repo
 
 
-def test_split_gguf_is_refused():
-    listing = _listing("m-Q8_0-00001-of-00002.gguf", "m-Q8_0-00002-of-00002.gguf")
-    with pytest.raises(DownloadError, match="one part of a split GGUF"):
+def test_split_gguf_is_refused_and_passed_over_when_no_quantization_was_asked():
+    """The engine's GGUF reader maps one file, so split GGUFs cannot be loaded (yet)."""
+    listing = _listing("m-Q4_K_M-00001-of-00002.gguf", "m-Q4_K_M-00002-of-00002.gguf", "m-Q4_0.gguf",
+                       "m-Q8_0-00001-of-00002.gguf", "m-Q8_0-00002-of-00002.gguf")
+    with pytest.raises(DownloadError, match=r"^org/repo: Q8_0 is a split GGUF \(m-Q8_0-00001-of-00002.gguf is one of "
+                                            r"its parts\), which localllm cannot load yet: pick another quantization "
+                                            r"\(single-file ones: Q4_0\)$"):
         select_files(listing, Variant("x", "q8_0", "org/repo", "gguf", "Q8_0"))
+    chosen = select_files(listing, Variant("x", "", "org/repo", "gguf"))  # Q4_K_M is split: the next one
+    assert (chosen.entry, chosen.quant) == ("m-Q4_0.gguf", "Q4_0")
+    only_split = _listing("m-Q8_0-00001-of-00002.gguf", "m-Q8_0-00002-of-00002.gguf")
+    with pytest.raises(DownloadError, match=r"^org/repo: every GGUF here is split into parts \(Q8_0\), which "
+                                            r"localllm cannot load yet$"):
+        select_files(only_split, Variant("x", "", "org/repo", "gguf"))
+    with pytest.raises(DownloadError, match=r"this repository has no single-file GGUF\)$"):
+        select_files(only_split, Variant("x", "q8_0", "org/repo", "gguf", "Q8_0"))
 
 
 def test_quant_in_file_names():

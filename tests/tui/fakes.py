@@ -1,4 +1,5 @@
-"""A scripted stand-in for AsyncLLM (the surface EngineBackend uses), with no model and no torch.
+"""A scripted stand-in for AsyncLLM (the surface EngineBackend uses), with no model and no torch;
+and BlockingBackend, an EngineBackend on it whose load waits until the test lets it finish.
 
 Each request plays the next script: a list of steps, each a text chunk, an Exception to raise,
 or an asyncio.Event to wait on (to hold an answer open mid-stream). A script that runs out
@@ -9,8 +10,11 @@ caller still streaming gets a last output with finish_reason "abort".
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from localllm.outputs import CompletionOutput, RequestOutput
+from localllm.tui.backend import LoadStep, ModelInfo
+from localllm.tui.engine_backend import EngineBackend
 
 
 class WordTokenizer:
@@ -90,3 +94,21 @@ class FakeAsyncLLM:
 
     def shutdown(self) -> None:
         pass
+
+
+class BlockingBackend(EngineBackend):
+    """load() reports `steps`, then waits for `release` (then loads the fake, or raises `error`)."""
+
+    def __init__(self, fake, error: Exception | None = None, steps=(LoadStep("load weights", 3, 10),)) -> None:
+        super().__init__("smollm2", llm=fake)
+        self.release = threading.Event()
+        self.error = error
+        self.steps = steps
+
+    def load(self, progress):
+        for step in self.steps:
+            progress(step)
+        assert self.release.wait(30)
+        if self.error is not None:
+            raise self.error
+        return ModelInfo("smollm2", "int4 (Q4_1)", self.llm.max_model_len)

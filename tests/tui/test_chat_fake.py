@@ -4,13 +4,10 @@ saved chats, context overflow, settings, copying, keys."""
 from __future__ import annotations
 
 import asyncio
-import threading
 
 from localllm.sampling_params import RequestOutputKind
 from localllm.tui.app import LATEST
-from localllm.tui.backend import LoadStep, ModelInfo
 from localllm.tui.conversation import ASSISTANT, ERROR, USER
-from localllm.tui.engine_backend import EngineBackend
 from localllm.tui.screens.dialogs import ChoiceDialog, TextDialog
 from localllm.tui.screens.help import KEYS, HelpScreen
 from localllm.tui.screens.settings import SettingsScreen
@@ -20,7 +17,7 @@ from localllm.tui.widgets.chat_list import ChatList
 from localllm.tui.widgets.message import MessageView
 from localllm.tui.widgets.prompt import PromptArea
 from tests.tui.conftest import SIZE, ready, roles, screen_text, send, until
-from tests.tui.fakes import FakeAsyncLLM
+from tests.tui.fakes import BlockingBackend, FakeAsyncLLM
 
 
 def stored(app, chat_id=None):
@@ -183,22 +180,6 @@ async def test_a_prompt_the_engine_refuses_is_a_message(make_app):
         await send(pilot, "long")
         assert roles(app) == [USER, ERROR]
         assert "more than max_model_len 2048" in app.chat_screen.conversation.messages[-1].content
-
-
-class BlockingBackend(EngineBackend):
-    """load() waits for `release` (then loads the fake, or raises `error`)."""
-
-    def __init__(self, fake, error: Exception | None = None) -> None:
-        super().__init__("smollm2", llm=fake)
-        self.release = threading.Event()
-        self.error = error
-
-    def load(self, progress):
-        progress(LoadStep("load weights", 3, 10))
-        assert self.release.wait(30)
-        if self.error is not None:
-            raise self.error
-        return ModelInfo("smollm2", "int4 (Q4_1)", 2048)
 
 
 async def test_prompt_is_usable_while_the_model_loads_and_the_message_waits(make_app):

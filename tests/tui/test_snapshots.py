@@ -10,7 +10,8 @@ import pytest
 
 from localllm.tui.backend import LoadStep, ModelInfo
 from localllm.tui.conversation import ASSISTANT, USER, Conversation, Message
-from localllm.tui.engine_backend import EngineBackend
+from localllm.hub.progress import PullProgress
+from localllm.tui.engine_backend import EngineBackend, pull_step
 from localllm.tui.settings import ChatSettings
 from localllm.tui.store import ChatStore
 from tests.tui.conftest import SIZE, until
@@ -37,14 +38,17 @@ class StillClock:
 class StaticBackend(EngineBackend):
     """Loads at once with fixed facts, or waits forever mid-load (`hold`), or fails (`error`)."""
 
-    def __init__(self, hold: bool = False, error: str | None = None, **fake_options) -> None:
+    def __init__(self, hold: bool = False, error: str | None = None, steps=(LoadStep("load weights", 120, 273),),
+                 **fake_options) -> None:
         super().__init__("smollm2", llm=FakeAsyncLLM(**fake_options))
         self.hold = hold
         self.error = error
+        self.steps = steps
         self.release = threading.Event()
 
     def load(self, progress):
-        progress(LoadStep("load weights", 120, 273))
+        for step in self.steps:
+            progress(step)
         if self.hold:
             self.release.wait(30)
         if self.error:
@@ -98,6 +102,25 @@ def test_loading(snap_compare, make_app):
         await pilot.press(*"Hello")
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_downloading(snap_compare, make_app):
+    """A model pulled on first use: the whole download on the bar, a line per file under way."""
+    total = 1_500_000_000
+    events = [
+        PullProgress("download", "config.json", 700, 700, 0.0, 700, total, 0.0, finished=True),
+        PullProgress("download", "model-00001-of-00002.safetensors", 400_000_000, 1_000_000_000, 21_300_000,
+                     400_000_700, total, 0.0),
+        PullProgress("download", "model-00002-of-00002.safetensors", 150_000_000, 499_999_300, 20_100_000,
+                     550_000_700, total, 41_400_000),
+    ]
+    backend = StaticBackend(hold=True, steps=[pull_step("qwen3-0.6b", e) for e in events])
+
+    async def run_before(pilot):
+        await settle(pilot)
+        await pilot.pause(0.1)
+
+    assert snap_compare(app_for(make_app, backend), terminal_size=SIZE, run_before=run_before)
 
 
 def test_load_failed(snap_compare, make_app):
