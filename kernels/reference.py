@@ -44,21 +44,81 @@ def _gather_kv(
     return kv[0], kv[1]
 
 
+class _StepMemo:
+    """One value derived from a step's small input tensors, computed once and reused by every
+    layer of the step (each layer passes the same block_table, seq_lens, positions).
+
+    A hit needs the very same input tensors with unchanged contents (compared with copies taken
+    at compute time: inference tensors keep no version counter, and a runner may rewrite its
+    buffers in place), the same constant tensors (by identity: tables built once at load, never
+    written after), and equal plain values. The memo holds the tensors themselves, so their ids
+    cannot be reused while it lives.
+    """
+
+    def __init__(self) -> None:
+        # (inputs, copies of inputs, constants, values, result), replaced whole: engines stepping
+        # in two threads may race on the memo, but each reads one consistent entry.
+        self._entry: tuple | None = None
+
+    def get(self, inputs: tuple[torch.Tensor, ...], constants: tuple[torch.Tensor, ...], values: tuple, compute):
+        entry = self._entry
+        if (
+            entry is not None
+            and len(inputs) == len(entry[0])
+            and all(a is b for a, b in zip(inputs + constants, entry[0] + entry[2]))
+            and values == entry[3]
+            and all(torch.equal(a, b) for a, b in zip(inputs, entry[1]))
+        ):
+            return entry[4]
+        result = compute()
+        self._entry = (inputs, tuple(t.clone() for t in inputs), constants, values, result)
+        return result
+
+
+_decode_memo = _StepMemo()
+_rotary_memo = _StepMemo()
+
+
+def _decode_slots_and_mask(
+    block_table: torch.Tensor, seq_lens: torch.Tensor, seq_lens_cpu: list[int], length: int, block_size: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Flat cache slots [S * L] that decode attention reads, and its mask [S, 1, 1, L] (None when
+    every sequence is L long, which lets SDPA take its unmasked path)."""
+    # Position p of sequence i reads slot block_table[i, p // bs] * bs + p % bs. Positions past a
+    # sequence's end read its last written slot instead (finite, and masked out), so no slot of a
+    # stale or fresh block (possibly NaN) ever reaches the softmax.
+    positions = torch.arange(length, device=seq_lens.device)
+    last = (seq_lens.long() - 1).clamp_min(0)
+    clamped = torch.minimum(positions[None, :], last[:, None])
+    blocks = block_table.long().gather(1, torch.div(clamped, block_size, rounding_mode="floor"))
+    slots = (blocks * block_size + clamped % block_size).view(-1)
+    mask = None
+    if min(seq_lens_cpu) < length:
+        mask = (positions[None, :] < seq_lens[:, None]).view(len(seq_lens_cpu), 1, 1, length)
+    return slots, mask
+
+
 def _decode_attention(
     query: torch.Tensor,
     kv_cache: torch.Tensor,
     seq_lens: torch.Tensor,
+    seq_lens_cpu: list[int],
     block_table: torch.Tensor,
     scale: float,
     max_seq_len: int,
 ) -> torch.Tensor:
-    """One query token per sequence, each at the last position: query [S, Hq, D] -> [S, Hq, D]."""
+    """One query token per sequence, each at the last position: query [S, Hq, D] -> [S, Hq, D].
+    Reads max_seq_len (>= every seq_len) positions per sequence."""
     num_seqs, num_heads, head_size = query.shape
-    block_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
-    num_blocks = (max_seq_len + block_size - 1) // block_size
-    key, value = _gather_kv(kv_cache, block_table, num_blocks, seq_lens)  # [S, Hkv, L, D]
-    positions = torch.arange(num_blocks * block_size, device=query.device)
-    mask = (positions[None, :] < seq_lens[:, None]).view(num_seqs, 1, 1, -1)  # [S, 1, 1, L]
+    _, num_blocks, block_size, num_kv_heads, _ = kv_cache.shape
+    slots, mask = _decode_memo.get(
+        (block_table, seq_lens), (), (tuple(seq_lens_cpu), max_seq_len, block_size),
+        lambda: _decode_slots_and_mask(block_table, seq_lens, seq_lens_cpu, max_seq_len, block_size),
+    )
+    flat = kv_cache.view(2, num_blocks * block_size, num_kv_heads, head_size)
+    # [S * L, Hkv, D] -> [S, Hkv, L, D]: one row copy per position, no per-block padding.
+    key = flat[0].index_select(0, slots).view(num_seqs, max_seq_len, num_kv_heads, head_size).transpose(1, 2)
+    value = flat[1].index_select(0, slots).view(num_seqs, max_seq_len, num_kv_heads, head_size).transpose(1, 2)
     # GQA: the G query heads sharing a kv head become G query rows of that head.
     q = query.view(num_seqs, num_kv_heads, num_heads // num_kv_heads, head_size)
     out = F.scaled_dot_product_attention(q, key.to(q.dtype), value.to(q.dtype), attn_mask=mask, scale=scale)
@@ -115,7 +175,8 @@ def paged_attention(
     """
     if max_query_len == 1:
         # NOTE: decode-only batch: T == S, one gather + one batched SDPA, no per-sequence loop.
-        return _decode_attention(query, kv_cache, seq_lens, block_table, scale, max_seq_len)
+        # The host ints give the longest sequence exactly (max_seq_len may be any upper bound).
+        return _decode_attention(query, kv_cache, seq_lens, seq_lens_cpu, block_table, scale, max(seq_lens_cpu))
     out = torch.empty_like(query)
     num_seqs = len(seq_lens_cpu)
     decode_rows = [i for i in range(num_seqs) if query_start_loc_cpu[i + 1] - query_start_loc_cpu[i] == 1]
@@ -123,9 +184,9 @@ def paged_attention(
         # Mixed batch: the decoding sequences still go in one batched call.
         index = torch.tensor(decode_rows, device=query.device)
         token_index = torch.tensor([query_start_loc_cpu[i] for i in decode_rows], device=query.device)
-        max_decode_len = max(seq_lens_cpu[i] for i in decode_rows)
+        decode_lens = [seq_lens_cpu[i] for i in decode_rows]
         out[token_index] = _decode_attention(
-            query[token_index], kv_cache, seq_lens[index], block_table[index], scale, max_decode_len
+            query[token_index], kv_cache, seq_lens[index], decode_lens, block_table[index], scale, max(decode_lens)
         )
         done = set(decode_rows)
     else:
@@ -151,6 +212,11 @@ def rms_norm(
         x = x + residual
         residual = x
     dtype = x.dtype
+    if dtype == torch.float32 and weight.dtype == torch.float32:
+        # torch's fused op computes the same float32 expression (tests check it bit for bit), in
+        # one call instead of six small ones: the CPU decode path is bound by op count.
+        out = torch.rms_norm(x, (x.shape[-1],), weight, eps)
+        return out if residual is None else (out, residual)
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     out = weight * h.to(dtype)
@@ -171,25 +237,38 @@ def rotary_embedding(
     Neox style (HF Llama's rotate_half) pairs dim i with i + rot_dim/2; GPT-J style pairs 2i, 2i+1.
     Returns new tensors of the input shapes; the inputs are left unchanged.
     """
-    cos_sin = cos_sin_cache.index_select(0, positions)  # [T, rot_dim]
-    cos, sin = cos_sin.to(query.dtype).unsqueeze(1).chunk(2, dim=-1)  # [T, 1, rot_dim / 2]
-    return (
-        _rotate(query, cos, sin, head_size, is_neox_style),
-        _rotate(key, cos, sin, head_size, is_neox_style),
+    tables = _rotary_memo.get(
+        (positions,), (cos_sin_cache,), (query.dtype, is_neox_style),
+        lambda: _rotary_tables(positions, cos_sin_cache, query.dtype, is_neox_style),
     )
+    return _rotate(query, tables, head_size, is_neox_style), _rotate(key, tables, head_size, is_neox_style)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_size: int, is_neox_style: bool) -> torch.Tensor:
+def _rotary_tables(
+    positions: torch.Tensor, cos_sin_cache: torch.Tensor, dtype: torch.dtype, is_neox_style: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token multipliers [T, 1, rot_dim]. Neox: (cat(cos, cos), cat(-sin, sin)), so that
+    rotated = x * first + cat(x2, x1) * second, which is x1*cos - x2*sin, x2*cos + x1*sin exactly
+    (negation is exact). GPT-J: the (cos, sin) halves [T, 1, rot_dim / 2]."""
+    cos_sin = cos_sin_cache.index_select(0, positions)  # [T, rot_dim]
+    cos, sin = cos_sin.to(dtype).unsqueeze(1).chunk(2, dim=-1)
+    if is_neox_style:
+        return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+    return cos, sin
+
+
+def _rotate(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor], head_size: int, is_neox_style: bool) -> torch.Tensor:
     num_tokens = x.shape[0]
     x = x.reshape(num_tokens, -1, head_size)
-    rot_dim = 2 * cos.shape[-1]
+    first, second = tables
+    rot_dim = first.shape[-1] if is_neox_style else 2 * first.shape[-1]
     x_rot, x_pass = x[..., :rot_dim], x[..., rot_dim:]
     if is_neox_style:
         x1, x2 = x_rot.chunk(2, dim=-1)
-        rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+        rotated = x_rot * first + torch.cat((x2, x1), dim=-1) * second
     else:
         x1, x2 = x_rot[..., 0::2], x_rot[..., 1::2]
-        rotated = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+        rotated = torch.stack((x1 * first - x2 * second, x2 * first + x1 * second), dim=-1).flatten(-2)
     if x_pass.shape[-1]:
         rotated = torch.cat((rotated, x_pass), dim=-1)
     return rotated.reshape(num_tokens, -1)

@@ -65,6 +65,8 @@ def _make_batch(query_lens, seq_lens, num_heads, num_kv_heads, head_size, block_
 ATTENTION_CASES = {
     # name: (query_lens, seq_lens)
     "decode": ([1, 1, 1, 1], [1, 17, 40, 16]),
+    "decode_one": ([1], [37]),  # every sequence full length: the unmasked path
+    "decode_equal": ([1, 1, 1], [21, 21, 21]),
     "prefill": ([5, 1, 33], [5, 1, 33]),
     "chunked": ([7, 16, 3], [40, 48, 19]),
     "mixed": ([1, 9, 1, 1, 4], [30, 9, 1, 65, 70]),
@@ -92,6 +94,46 @@ def test_paged_attention(case, head_size, num_kv_heads, group, block_size):
     )
     expected = _naive_paged_attention(query, kv_cache, block_table, query_lens, seq_lens, scale)
     assert out.shape == query.shape and out.dtype == query.dtype
+    torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=1e-4)
+
+
+def _decode(query, kv_cache, block_table, seq_lens, max_seq_len):
+    num_seqs = query.shape[0]
+    return ops.paged_attention(
+        query, kv_cache,
+        query_start_loc=torch.arange(num_seqs + 1, dtype=torch.int32),
+        seq_lens=seq_lens, block_table=block_table, scale=0.125,
+        max_query_len=1, max_seq_len=max_seq_len,
+        query_start_loc_cpu=list(range(num_seqs + 1)), seq_lens_cpu=seq_lens.tolist(),
+    )
+
+
+def test_decode_attention_sees_in_place_updates_between_calls():
+    """The CPU path keeps the step's gather slots across layers; a block table or seq_lens
+    changed in place (the next step, reusing buffers) must not be served stale slots."""
+    query_lens, seq_lens = [1, 1], [20, 33]
+    query, kv_cache, block_table, _ = _make_batch(query_lens, seq_lens, 4, 2, 64, 16, seed=5)
+    lens = torch.tensor(seq_lens, dtype=torch.int32)
+    first = _decode(query, kv_cache, block_table, lens, max_seq_len=40)  # an upper bound
+    torch.testing.assert_close(
+        first.double(), _naive_paged_attention(query, kv_cache, block_table, query_lens, seq_lens, 0.125),
+        atol=2e-5, rtol=1e-4)
+    lens.copy_(torch.tensor([33, 13], dtype=torch.int32))  # same tensor, new contents
+    block_table[[0, 1]] = block_table[[1, 0]].clone()  # swap the two sequences' blocks
+    second = _decode(query, kv_cache, block_table, lens, max_seq_len=33)
+    expected = _naive_paged_attention(query, kv_cache, block_table, query_lens, [33, 13], 0.125)
+    torch.testing.assert_close(second.double(), expected, atol=2e-5, rtol=1e-4)
+
+
+def test_decode_attention_sees_a_block_table_rewritten_in_place():
+    """Same tensors, same lengths, new block contents: only the block table tells the steps apart."""
+    query_lens, seq_lens = [1, 1], [20, 20]
+    query, kv_cache, block_table, _ = _make_batch(query_lens, seq_lens, 4, 2, 64, 16, seed=9)
+    lens = torch.tensor(seq_lens, dtype=torch.int32)
+    _decode(query, kv_cache, block_table, lens, max_seq_len=20)
+    block_table[[0, 1]] = block_table[[1, 0]].clone()
+    out = _decode(query, kv_cache, block_table, lens, max_seq_len=20)
+    expected = _naive_paged_attention(query, kv_cache, block_table, query_lens, seq_lens, 0.125)
     torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=1e-4)
 
 
@@ -152,6 +194,17 @@ def test_rms_norm(hidden, dtype):
     torch.testing.assert_close(out.double(), naive(x + residual), **tol)
 
 
+@pytest.mark.parametrize("rows,hidden", [(1, 576), (37, 960), (5, 4096)])
+def test_rms_norm_float32_is_bitwise_hf(rows, hidden):
+    """Parity with transformers in float32 is exact: the fused path must compute HF's expression."""
+    gen = torch.Generator().manual_seed(rows + hidden)
+    x = torch.randn(rows, hidden, generator=gen) * torch.rand(rows, 1, generator=gen) * 30
+    weight = torch.randn(hidden, generator=gen)
+    eps = 1e-6
+    hf = weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+    assert torch.equal(ops.rms_norm(x, weight, eps), hf)
+
+
 # --------------------------------------------------------------------------- rotary embedding
 
 
@@ -173,6 +226,29 @@ def _naive_rotary(positions, x, head_size, cache, neox):
             out[t, :, a] = x1 * c - x2 * s
             out[t, :, b] = x2 * c + x1 * s
     return out.view(x.shape)
+
+
+def test_rotary_float32_is_bitwise_hf():
+    """HF Llama: q * cos + rotate_half(q) * sin, with cos/sin the duplicated halves."""
+    gen = torch.Generator().manual_seed(3)
+    cache = _cos_sin_cache(128, 64).float()
+    positions = torch.tensor([5, 17, 63], dtype=torch.int64)
+    query, key = torch.randn(3, 9 * 64, generator=gen), torch.randn(3, 3 * 64, generator=gen)
+    cos, sin = cache[positions].chunk(2, dim=-1)
+    cos, sin = torch.cat((cos, cos), -1)[:, None], torch.cat((sin, sin), -1)[:, None]
+
+    def hf(x):
+        x = x.view(3, -1, 64)
+        x1, x2 = x.chunk(2, dim=-1)
+        return (x * cos + torch.cat((-x2, x1), dim=-1) * sin).view(3, -1)
+
+    for _ in range(2):  # the second call reuses the step's tables
+        q, k = ops.rotary_embedding(positions, query, key, 64, cache)
+        assert torch.equal(q, hf(query)) and torch.equal(k, hf(key))
+    moved = positions + 1  # new positions: new tables
+    q, _ = ops.rotary_embedding(moved, query, key, 64, cache)
+    expected = _naive_rotary(moved, query, 64, cache.double(), True)
+    torch.testing.assert_close(q.double(), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("head_size,rot_dim", [(64, 64), (128, 128), (64, 32)])
