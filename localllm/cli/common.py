@@ -43,3 +43,15 @@ def write_out(text: str) -> None:
         encoding = getattr(out, "encoding", None) or "utf-8"
         out.write(text.encode(encoding, "replace").decode(encoding))
     out.flush()
+
+
+def build_engine(model: str, **engine_args):
+    """The AsyncLLM for `model` (run, serve). A Hub name not yet in the store is pulled first,
+    with rich bars for its bytes and any quantization on stderr; a local name loads at once."""
+    from localllm.engine.async_llm import AsyncLLM
+    from localllm.hub.bars import PullBars
+    from localllm.hub.pull import ensure_model
+
+    with PullBars() as bars:
+        ensure_model(model, device=engine_args.get("device", "auto"), log=bars.log, progress=bars)
+    return AsyncLLM(model=model, **engine_args)

@@ -12,11 +12,11 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from localllm.cli.common import EXIT_INTERRUPTED, fail, read_prompt, write_out
+from localllm.cli.common import EXIT_INTERRUPTED, build_engine, fail, read_prompt, write_out
 
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_TEMPERATURE = 0.8
@@ -24,11 +24,8 @@ DEFAULT_TOP_P = 0.9
 DEFAULT_TOP_K = 40
 
 
-def _make_engine(model: str, **engine_args: Any):
-    """Build the engine; tests replace this with a scripted fake."""
-    from localllm.engine.async_llm import AsyncLLM
-
-    return AsyncLLM(model=model, **engine_args)
+# Builds the engine (pulling a Hub model first, with progress bars); tests replace it with a fake.
+_make_engine = build_engine
 
 
 @dataclass

@@ -5,22 +5,19 @@ from __future__ import annotations
 
 import signal
 import socket
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from localllm.cli.common import fail
+from localllm.cli.common import build_engine, fail
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_MAX_QUEUE = 256
 
 
-def _make_engine(model: str, **engine_args: Any):
-    """Build the engine; tests replace this with a scripted fake."""
-    from localllm.engine.async_llm import AsyncLLM
-
-    return AsyncLLM(model=model, **engine_args)
+# Builds the engine (pulling a Hub model first, with progress bars); tests replace it with a fake.
+_make_engine = build_engine
 
 
 def _listen(host: str, port: int) -> socket.socket:

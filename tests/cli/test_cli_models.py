@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from localllm.cli.main import app
 from localllm.hub import smollm2_gguf_path
+from localllm.hub.progress import format_bytes
 from localllm.hub.store import default_store
 from localllm.quant import fit
 from tests.hub.conftest import home, hub, safetensors_repo_files  # noqa: F401  (fixtures)
@@ -296,5 +297,8 @@ def test_run_pulls_a_hub_model_on_first_use(hub, home):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip()
     assert "hf.co/test-org/SmolLM2-135M-Instruct-GGUF:Q4_1 is not in the store: pulling it" in proc.stderr
+    # run shows the pull's byte counts as `localllm pull` does (drawn once: stderr is not a terminal)
+    size = format_bytes(len(Path(smollm2_gguf_path()).read_bytes()))
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in proc.stderr and f"{size} / {size}" in proc.stderr
     names = [e.manifest.display_name for e in default_store().entries()]
     assert names == ["hf.co/test-org/SmolLM2-135M-Instruct-GGUF:q4_1"]
