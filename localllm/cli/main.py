@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from localllm.cli import bench as bench_cmd
 from localllm.cli import chat as chat_cmd
 from localllm.cli import models as models_cmd
 from localllm.cli import quantize as quantize_cmd
@@ -49,3 +50,4 @@ app.command("ps")(models_cmd.ps)
 app.command("doctor")(models_cmd.doctor)
 app.command("chat")(chat_cmd.chat)
 app.command("quantize")(quantize_cmd.quantize)
+app.add_typer(bench_cmd.app, name="bench")
