@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -59,18 +59,22 @@ def uses_triton(device: torch.device) -> bool:
         return False
     if _backend == "triton":
         return True
-    return torch.device(device).type == "cuda" and triton_available()
+    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    return device_type == "cuda" and triton_available()
 
 
-def _check(condition: bool, message: str) -> None:
+def _check(condition: bool, message: str | Callable[[], str]) -> None:
+    """Raise ValueError(message) unless condition. A message that formats shapes comes as a
+    lambda: these checks run on every op of every layer, and on the CPU decode path eager
+    f-strings cost more than some of the ops they guard."""
     if not condition:
-        raise ValueError(message)
+        raise ValueError(message() if callable(message) else message)
 
 
 def _check_kv_cache(kv_cache: torch.Tensor) -> None:
     _check(
         kv_cache.dim() == 5 and kv_cache.shape[0] == 2,
-        f"kv_cache must be [2, num_blocks, block_size, num_kv_heads, head_size], got {tuple(kv_cache.shape)}",
+        lambda: f"kv_cache must be [2, num_blocks, block_size, num_kv_heads, head_size], got {tuple(kv_cache.shape)}",
     )
     _check(kv_cache.is_contiguous(), "kv_cache must be contiguous")
 
@@ -84,10 +88,10 @@ def store_kv_cache(
     _check_kv_cache(kv_cache)
     num_kv_heads, head_size = kv_cache.shape[3:]
     _check(key.dim() == 3 and tuple(key.shape[1:]) == (num_kv_heads, head_size),
-           f"key must be [T, {num_kv_heads}, {head_size}], got {tuple(key.shape)}")
-    _check(value.shape == key.shape, f"value {tuple(value.shape)} must match key {tuple(key.shape)}")
+           lambda: f"key must be [T, {num_kv_heads}, {head_size}], got {tuple(key.shape)}")
+    _check(value.shape == key.shape, lambda: f"value {tuple(value.shape)} must match key {tuple(key.shape)}")
     _check(slot_mapping.dtype == torch.int64 and slot_mapping.shape == (key.shape[0],),
-           f"slot_mapping must be int64 [{key.shape[0]}], got {slot_mapping.dtype} {tuple(slot_mapping.shape)}")
+           lambda: f"slot_mapping must be int64 [{key.shape[0]}], got {slot_mapping.dtype} {tuple(slot_mapping.shape)}")
     _check(key.device == kv_cache.device == slot_mapping.device, "key, kv_cache and slot_mapping must share a device")
     _check(key.stride(-1) == 1 and value.stride(-1) == 1, "key and value must be contiguous in their last dim")
     if uses_triton(kv_cache.device):
@@ -120,20 +124,20 @@ def paged_attention(
     _check_kv_cache(kv_cache)
     num_kv_heads, head_size = kv_cache.shape[3:]
     _check(query.dim() == 3 and query.shape[2] == head_size,
-           f"query must be [T, Hq, {head_size}], got {tuple(query.shape)}")
+           lambda: f"query must be [T, Hq, {head_size}], got {tuple(query.shape)}")
     _check(query.shape[1] % num_kv_heads == 0,
-           f"query heads ({query.shape[1]}) must be a multiple of kv heads ({num_kv_heads})")
+           lambda: f"query heads ({query.shape[1]}) must be a multiple of kv heads ({num_kv_heads})")
     num_seqs = len(seq_lens_cpu)
     _check(len(query_start_loc_cpu) == num_seqs + 1, "query_start_loc_cpu must have num_seqs + 1 entries")
     _check(query_start_loc_cpu[-1] == query.shape[0],
-           f"query_start_loc_cpu[-1] ({query_start_loc_cpu[-1]}) must equal the number of tokens ({query.shape[0]})")
+           lambda: f"query_start_loc_cpu[-1] ({query_start_loc_cpu[-1]}) must equal the number of tokens ({query.shape[0]})")
     _check(query_start_loc.dtype == torch.int32 and query_start_loc.shape == (num_seqs + 1,),
-           f"query_start_loc must be int32 [{num_seqs + 1}]")
-    _check(seq_lens.dtype == torch.int32 and seq_lens.shape == (num_seqs,), f"seq_lens must be int32 [{num_seqs}]")
+           lambda: f"query_start_loc must be int32 [{num_seqs + 1}]")
+    _check(seq_lens.dtype == torch.int32 and seq_lens.shape == (num_seqs,), lambda: f"seq_lens must be int32 [{num_seqs}]")
     _check(block_table.dtype == torch.int32 and block_table.dim() == 2 and block_table.shape[0] == num_seqs,
-           f"block_table must be int32 [{num_seqs}, max_blocks], got {block_table.dtype} {tuple(block_table.shape)}")
+           lambda: f"block_table must be int32 [{num_seqs}, max_blocks], got {block_table.dtype} {tuple(block_table.shape)}")
     _check(block_table.shape[1] * kv_cache.shape[2] >= max_seq_len,
-           f"block_table has {block_table.shape[1]} blocks per row, too few for max_seq_len {max_seq_len}")
+           lambda: f"block_table has {block_table.shape[1]} blocks per row, too few for max_seq_len {max_seq_len}")
     _check(max_query_len >= 1 and max_seq_len >= max_query_len, "need 1 <= max_query_len <= max_seq_len")
     _check(max_query_len > 1 or query.shape[0] == num_seqs, "a decode-only batch has one token per sequence")
     _check(query.stride(-1) == 1, "query must be contiguous in its last dim")
@@ -159,9 +163,9 @@ def rms_norm(
     """RMSNorm of x [..., H] with weight [H]; with residual, fused add first and returns
     (out, new_residual) where new_residual = x + residual."""
     _check(weight.dim() == 1 and x.shape[-1] == weight.shape[0],
-           f"weight [{weight.shape[0] if weight.dim() else '?'}] must match x's last dim {x.shape[-1]}")
+           lambda: f"weight [{weight.shape[0] if weight.dim() else '?'}] must match x's last dim {x.shape[-1]}")
     _check(residual is None or residual.shape == x.shape,
-           f"residual {None if residual is None else tuple(residual.shape)} must match x {tuple(x.shape)}")
+           lambda: f"residual {None if residual is None else tuple(residual.shape)} must match x {tuple(x.shape)}")
     _check(x.stride(-1) == 1, "x must be contiguous in its last dim")
     if uses_triton(x.device):
         from .triton import rms_norm as triton_rms_norm
@@ -185,12 +189,12 @@ def rotary_embedding(
     num_tokens = positions.shape[0]
     _check(positions.dim() == 1 and positions.dtype == torch.int64, "positions must be int64 [T]")
     _check(query.dim() == 2 and query.shape[0] == num_tokens and query.shape[1] % head_size == 0,
-           f"query must be [{num_tokens}, Hq * {head_size}], got {tuple(query.shape)}")
+           lambda: f"query must be [{num_tokens}, Hq * {head_size}], got {tuple(query.shape)}")
     _check(key.dim() == 2 and key.shape[0] == num_tokens and key.shape[1] % head_size == 0,
-           f"key must be [{num_tokens}, Hkv * {head_size}], got {tuple(key.shape)}")
+           lambda: f"key must be [{num_tokens}, Hkv * {head_size}], got {tuple(key.shape)}")
     rot_dim = cos_sin_cache.shape[-1]
     _check(cos_sin_cache.dim() == 2 and rot_dim % 2 == 0 and rot_dim <= head_size,
-           f"cos_sin_cache must be [max_position, rot_dim <= {head_size}], got {tuple(cos_sin_cache.shape)}")
+           lambda: f"cos_sin_cache must be [max_position, rot_dim <= {head_size}], got {tuple(cos_sin_cache.shape)}")
     if uses_triton(query.device):
         _check(query.stride(-1) == 1 and key.stride(-1) == 1, "query and key must be contiguous in their last dim")
         from .triton import rotary
@@ -201,7 +205,7 @@ def rotary_embedding(
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """x [..., 2I] -> silu(x[..., :I]) * x[..., I:] of shape [..., I]."""
-    _check(x.shape[-1] % 2 == 0, f"last dim must be even, got {x.shape[-1]}")
+    _check(x.shape[-1] % 2 == 0, lambda: f"last dim must be even, got {x.shape[-1]}")
     if uses_triton(x.device):
         _check(x.stride(-1) == 1, "x must be contiguous in its last dim")
         from .triton import activation
@@ -216,19 +220,19 @@ def w4a16_matmul(
     """x [M, K] @ dequant(W)^T -> [M, N] in x's dtype, for integer weights in the engine's packed
     layout (localllm.quant.formats.runtime): qweight int32 [K * bits / 32, N] packed along K,
     scales [K / group_size, N] in x's dtype, zeros uint8 [K / group_size, N]; bits 2, 4 or 8."""
-    _check(bits in (2, 4, 8), f"bits must be 2, 4 or 8, got {bits}")
-    _check(x.dim() == 2, f"x must be [M, K], got {tuple(x.shape)}")
+    _check(bits in (2, 4, 8), lambda: f"bits must be 2, 4 or 8, got {bits}")
+    _check(x.dim() == 2, lambda: f"x must be [M, K], got {tuple(x.shape)}")
     num_rows, in_features = x.shape
     per_word = 32 // bits
     _check(qweight.dtype == torch.int32 and qweight.dim() == 2 and qweight.shape[0] * per_word == in_features,
-           f"qweight must be int32 [{in_features // per_word}, N], got {qweight.dtype} {tuple(qweight.shape)}")
+           lambda: f"qweight must be int32 [{in_features // per_word}, N], got {qweight.dtype} {tuple(qweight.shape)}")
     out_features = qweight.shape[1]
-    _check(group_size >= 1 and in_features % group_size == 0, f"group_size {group_size} must divide K = {in_features}")
+    _check(group_size >= 1 and in_features % group_size == 0, lambda: f"group_size {group_size} must divide K = {in_features}")
     groups = in_features // group_size
     _check(scales.shape == (groups, out_features) and scales.dtype == x.dtype,
-           f"scales must be {x.dtype} [{groups}, {out_features}], got {scales.dtype} {tuple(scales.shape)}")
+           lambda: f"scales must be {x.dtype} [{groups}, {out_features}], got {scales.dtype} {tuple(scales.shape)}")
     _check(zeros.shape == (groups, out_features) and zeros.dtype == torch.uint8,
-           f"zeros must be uint8 [{groups}, {out_features}], got {zeros.dtype} {tuple(zeros.shape)}")
+           lambda: f"zeros must be uint8 [{groups}, {out_features}], got {zeros.dtype} {tuple(zeros.shape)}")
     _check(x.device == qweight.device == scales.device == zeros.device, "x and the weights must share a device")
     if uses_triton(x.device):
         _check(qweight.is_contiguous() and scales.is_contiguous() and zeros.is_contiguous(),
@@ -261,13 +265,13 @@ def fp8_linear(
     activations quantized per token at run time, or with a static per-tensor input_scale.
     On CUDA cards with FP8 (and not under LOCALLLM_KERNELS=reference) torch._scaled_mm runs it."""
     _check(x.dim() == 2 and weight.dim() == 2 and x.shape[1] == weight.shape[1],
-           f"x [M, K] and weight [N, K] must agree on K, got {tuple(x.shape)} and {tuple(weight.shape)}")
+           lambda: f"x [M, K] and weight [N, K] must agree on K, got {tuple(x.shape)} and {tuple(weight.shape)}")
     _check(weight.dtype in (torch.float8_e4m3fn, torch.float32),
-           f"weight must be float8_e4m3fn (or float32 FP8 values), got {weight.dtype}")
+           lambda: f"weight must be float8_e4m3fn (or float32 FP8 values), got {weight.dtype}")
     _check(weight_scale.dtype == torch.float32 and weight_scale.shape == (weight.shape[0],),
-           f"weight_scale must be float32 [{weight.shape[0]}], got {weight_scale.dtype} {tuple(weight_scale.shape)}")
+           lambda: f"weight_scale must be float32 [{weight.shape[0]}], got {weight_scale.dtype} {tuple(weight_scale.shape)}")
     _check(input_scale is None or input_scale.numel() == 1, "input_scale must be one per-tensor scale")
-    _check(bias is None or bias.shape == (weight.shape[0],), f"bias must be [{weight.shape[0]}]")
+    _check(bias is None or bias.shape == (weight.shape[0],), lambda: f"bias must be [{weight.shape[0]}]")
     if (_backend != "reference" and weight.dtype == torch.float8_e4m3fn and fp8_supported(x.device)
             and x.shape[1] % 16 == 0 and weight.shape[0] % 16 == 0):
         xq, x_scale = reference.quantize_fp8_per_token(x, input_scale)
