@@ -1,6 +1,8 @@
 """FP8 linears (compressed-tensors float-quantized): float8_e4m3fn weights [N, K] with one scale
 per output channel (a per-tensor scale in the file is spread over its channels), activations
-quantized per token at run time (or with the file's static input_scale).
+quantized per token at run time (or with the file's static input_scale), or left in 16 bits when
+the file names no input_activations (FP8 weight-only, "W8A16"): then the layer multiplies x by the
+dequantized weight in x's dtype.
 
 On a CUDA card with FP8 (compute capability 8.9+) ops.fp8_linear runs torch._scaled_mm; elsewhere
 the reference emulates it exactly (FP8 products accumulated in float32). NOTE: on the CPU the
@@ -24,6 +26,7 @@ class FP8Linear(nn.Module):
         super().__init__()
         self.name, self.dtype = name, dtype
         self.in_features, self.output_sizes = in_features, list(output_sizes)
+        self.weight_only = scheme.fp8_weight_only
         self.out_features = sum(output_sizes)
         self._shard_ids = list(shard_ids) if shard_ids is not None else None
         n = self.out_features
@@ -86,5 +89,8 @@ class FP8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
+        if self.weight_only:  # NOTE: dequantizes every call; a W8A16 kernel would do it in registers
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return torch.nn.functional.linear(x, self.dequantized_weight().to(x.dtype), bias)
         y = ops.fp8_linear(x.reshape(-1, self.in_features), self.weight, self.weight_scale, self.input_scale, self.bias)
         return y.reshape(*shape[:-1], self.out_features)

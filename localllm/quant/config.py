@@ -27,6 +27,7 @@ class QuantScheme:
     desc_act: bool = False
     zero_offset: int = 1  # GPTQ: 1 for v1 (zeros stored minus one), 0 for v2
     static_input_scale: bool = False  # FP8 with input_scale in the file
+    fp8_weight_only: bool = False  # FP8 weights, 16-bit activations (no input_activations in the file)
     ignore: tuple[str, ...] = ()  # module names (or "re:" patterns) left in 16 bits
     substring_ignore: bool = False  # AWQ's modules_to_not_convert matches substrings
 
@@ -142,7 +143,8 @@ def _compressed_tensors(raw: dict, source: str) -> QuantScheme:
         if acts is not None and (acts.get("type") != "float" or acts.get("strategy") not in ("token", "tensor")):
             raise ModelLoadError(source, "FP8 with non-FP8 input activations is not supported")
         static = acts is not None and not acts.get("dynamic", True)
-        return QuantScheme("fp8", 8, None, sym=True, static_input_scale=static, ignore=ignore)
+        return QuantScheme("fp8", 8, None, sym=True, static_input_scale=static, fp8_weight_only=acts is None,
+                           ignore=ignore)
     raise ModelLoadError(
         source, f"compressed-tensors format {fmt!r} with {bits}-bit {kind} weights is not supported "
                 "(pack-quantized W4A16/W8A16, float-quantized FP8)")

@@ -58,10 +58,10 @@ def export_layer(index: int, layer: nn.Module, quantized: dict[str, object], fmt
 
 
 def quantization_config(method: str, bits: int, group_size: int, sym: bool, act_order: bool,
-                        damp_percent: float) -> dict:
+                        damp_percent: float, fp8_weight_only: bool = False) -> dict:
     fmt = FORMAT_OF_METHOD[method]
     if fmt == "awq":
         return awq.config(bits, group_size)
     if fmt == "gptq":
         return gptq.config(bits, group_size, act_order, sym, damp_percent)
-    return compressed_tensors.fp8_config(["lm_head"])
+    return compressed_tensors.fp8_config(["lm_head"], weight_only=fp8_weight_only)

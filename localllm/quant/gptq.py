@@ -9,6 +9,8 @@ the weights as updated so far, as the reference implementation does.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from localllm.quant.rtn import GroupQuant, group_scales_zeros
@@ -27,6 +29,27 @@ def _inverse_hessian_factor(h: torch.Tensor, damp_percent: float) -> torch.Tenso
         except torch.linalg.LinAlgError:
             damp *= 10
     raise ValueError("GPTQ: the Hessian stays singular even with heavy damping")
+
+
+@torch.no_grad()
+def gptq_walk(w_t: torch.Tensor, h_inv: torch.Tensor, block: int,
+              round_column: Callable[[int, torch.Tensor], torch.Tensor]) -> None:
+    """The column walk over W^T [K, N] (a column of W is a contiguous row here, so the rank-1
+    updates are in-place BLAS ger calls), updated in place. round_column(col, rows) gets the
+    block's rows from col on (rows[0]: the column as updated so far) and returns that column on
+    the grid; its error, weighted by the upper Cholesky factor h_inv of H^-1, is spread over the
+    columns not yet visited, lazily across blocks of `block` columns."""
+    k = w_t.shape[0]
+    for i1 in range(0, k, block):
+        i2 = min(i1 + block, k)
+        w1 = w_t[i1:i2].clone()
+        err1 = torch.zeros_like(w1)
+        h_inv1 = h_inv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            err = (w1[i] - round_column(i1 + i, w1[i:])) / h_inv1[i, i]
+            w1[i:].addr_(h_inv1[i, i:], err, alpha=-1)
+            err1[i] = err
+        w_t[i2:] -= h_inv[i1:i2, i2:].t() @ err1
 
 
 @torch.no_grad()
@@ -54,27 +77,18 @@ def gptq_quantize(
     q = torch.zeros(k, n, dtype=torch.int32, device=w.device)
     scales = torch.zeros(n, groups, device=w.device)
     zeros = torch.zeros(n, groups, dtype=torch.int32, device=w.device)
-    # NOTE: the walk runs over W^T [K, N] so that a column of W is a contiguous row here and the
-    # rank-1 updates are in-place BLAS ger calls.
-    w_t = w.t().contiguous()
-    for i1 in range(0, k, block):
-        i2 = min(i1 + block, k)
-        w1 = w_t[i1:i2].clone()
-        err1 = torch.zeros_like(w1)
-        h_inv1 = h_inv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = i1 + i
-            if col % group_size == 0:
-                s, z = group_scales_zeros(w1[i:i + group_size].t(), bits, group_size, sym, min_zero=1)
-                scales[:, col // group_size], zeros[:, col // group_size] = s[:, 0], z[:, 0]
-                s_col, z_col = s[:, 0], z[:, 0].float()
-            column = w1[i]
-            q_col = torch.clamp(torch.round(column / s_col) + z_col, 0, maxq)
-            q[col] = q_col.to(torch.int32)
-            err = (column - (q_col - z_col) * s_col) / h_inv1[i, i]
-            w1[i:].addr_(h_inv1[i, i:], err, alpha=-1)
-            err1[i] = err
-        w_t[i2:] -= h_inv[i1:i2, i2:].t() @ err1
+    grid = {}
+
+    def round_column(col: int, rows: torch.Tensor) -> torch.Tensor:
+        if col % group_size == 0:
+            s, z = group_scales_zeros(rows[:group_size].t(), bits, group_size, sym, min_zero=1)
+            scales[:, col // group_size], zeros[:, col // group_size] = s[:, 0], z[:, 0]
+            grid["s"], grid["z"] = s[:, 0], z[:, 0].float()
+        q_col = torch.clamp(torch.round(rows[0] / grid["s"]) + grid["z"], 0, maxq)
+        q[col] = q_col.to(torch.int32)
+        return (q_col - grid["z"]) * grid["s"]
+
+    gptq_walk(w.t().contiguous(), h_inv, block, round_column)
     q = q.t().contiguous()
     g_idx = None
     if perm is not None:

@@ -22,7 +22,8 @@ import torch
 from localllm.errors import LocalLLMError
 
 METHOD_BITS = {"awq": (4,), "gptq": (2, 4, 8), "fp8": (8,), "rtn": (4,)}
-CALIBRATED = ("awq", "gptq")
+CALIBRATED = ("awq", "gptq")  # and fp8 with fp8_algorithm "gptq" (QuantizeOptions.calibrated)
+FP8_ALGORITHMS = ("gptq", "mse", "rtn")
 
 
 class QuantizeError(LocalLLMError):
@@ -45,6 +46,17 @@ class QuantizeOptions:
     search_tokens: int = 4096  # AWQ: input rows kept per linear for its searches
     batch_windows: int = 8  # windows per forward while calibrating
     max_shard_bytes: int = 512 << 20
+    # FP8 weights, all in the same file format: "gptq" (the default; calibrated: GPTQ's error
+    # feedback on the per-channel e4m3 grid), "mse" (no calibration: round to nearest with each
+    # channel's scale searched for the least squared error) or "rtn" (round to nearest at amax / 448).
+    fp8_algorithm: str = "gptq"
+    # FP8 weight-only (W8A16): no input_activations in the file, activations stay 16-bit. Off by
+    # default: the default is FP8_DYNAMIC (per-token e4m3 activations at run time).
+    fp8_weight_only: bool = False
+
+    @property
+    def calibrated(self) -> bool:
+        return self.method in CALIBRATED or (self.method == "fp8" and self.fp8_algorithm == "gptq")
 
     @property
     def resolved_bits(self) -> int:
@@ -64,6 +76,8 @@ class QuantizeOptions:
             raise QuantizeError(f"{self.method} cannot hold {self.resolved_bits}-bit weights (its format takes {allowed})")
         if self.method == "awq" and self.sym:
             raise QuantizeError("awq is asymmetric (zero points); use --method rtn or gptq for symmetric grids")
+        if self.fp8_algorithm not in FP8_ALGORITHMS:
+            raise QuantizeError(f"unknown fp8 algorithm {self.fp8_algorithm!r}: choose one of {', '.join(FP8_ALGORITHMS)}")
         if self.method != "fp8" and self.group_size < 1:
             raise QuantizeError(f"group size must be a positive number of input channels, got {self.group_size}")
         if self.num_samples < 1 or self.seq_len < 16 or self.num_heldout < 1:
@@ -73,7 +87,9 @@ class QuantizeOptions:
 
     def scheme_name(self) -> str:
         if self.method == "fp8":
-            return "fp8 e4m3 (per-channel weights, per-token activations)"
+            how = {"gptq": "GPTQ", "mse": "round-to-nearest, MSE scales"}.get(self.fp8_algorithm, "round-to-nearest")
+            acts = "16-bit activations, weight-only" if self.fp8_weight_only else "per-token activations"
+            return f"fp8 e4m3 {how} (per-channel weights, {acts})"
         grid = "sym" if self.resolved_sym else "asym"
         order = ", act-order" if self.act_order else ""
         return f"{self.method} int{self.resolved_bits} g{self.group_size} {grid}{order}"
@@ -142,7 +158,7 @@ def prepare(model: str, out_dir: str, options: QuantizeOptions) -> QuantizeJob:
     checkpoint = load_checkpoint(model)
     _check_model(checkpoint, options)
     tokenizer = checkpoint.tokenizer
-    calibrated = options.method in CALIBRATED
+    calibrated = options.calibrated
     try:
         calibration = load_calibration(
             lambda text: tokenizer(text, add_special_tokens=False)["input_ids"],
@@ -203,7 +219,7 @@ def _output_config(checkpoint, options: QuantizeOptions, dtype: torch.dtype) -> 
             config[key] = dtype_name
     config["quantization_config"] = quantization_config(
         options.method, options.resolved_bits, options.group_size, options.resolved_sym, options.act_order,
-        options.damp_percent)
+        options.damp_percent, options.fp8_weight_only)
     return config
 
 
@@ -228,7 +244,7 @@ def _report(model, out_dir, checkpoint, calibration, options, run, device, secon
         eval_windows=windows, eval_tokens=windows * length,
         disk_original=run.source_bytes, disk_quantized=disk,
         memory_original_16bit=2 * run.num_params, memory_quantized=memory, memory_device=str(device),
-        calib_samples=calibration.samples.shape[0] if options.method in CALIBRATED else 0,
+        calib_samples=calibration.samples.shape[0] if options.calibrated else 0,
         calib_seq_len=options.seq_len, calib_source=calibration.source,
         peak_memory=run.peak_memory, largest_layer=run.largest_layer, num_layers=run.num_layers,
         seconds=seconds + 0.0,

@@ -15,6 +15,7 @@ from localllm.kernels import reference
 from localllm.quant.awq import awq_layer
 from localllm.quant.evaluate import nll_and_top1
 from localllm.quant.export import FORMAT_OF_METHOD, export_layer
+from localllm.quant.fp8 import gptq_fp8, mse_scales, quantize_fp8_rows
 from localllm.quant.gptq import gptq_quantize
 from localllm.quant.layerwise import LINEARS, InputObserver, LayerRunner
 from localllm.quant.memory import PeakMemory, release_freed_memory
@@ -46,8 +47,12 @@ def _quantize_layer(layer, runner: LayerRunner, calib: torch.Tensor, options, de
     for the next layer)."""
     method, bits, group = options.method, options.resolved_bits, options.group_size
     linears = {name: layer.get_submodule(name) for name in LINEARS}
-    if method == "fp8":
+    if method == "fp8" and options.fp8_algorithm == "rtn":
         return {name: quantize_fp8(m.weight.data) for name, m in linears.items()}, calib
+    if method == "fp8" and options.fp8_algorithm == "mse":
+        scales = {name: mse_scales(m.weight.data) for name, m in linears.items()}
+        return {name: (quantize_fp8_rows(m.weight.data, scales[name]), scales[name])
+                for name, m in linears.items()}, calib
     if method == "rtn":
         return {name: quantize_groups(m.weight.data, bits, group, options.resolved_sym) for name, m in linears.items()}, calib
     if method == "awq":
@@ -68,6 +73,11 @@ def _quantize_layer(layer, runner: LayerRunner, calib: torch.Tensor, options, de
         observer.close()
     results = {}
     for name, module in linears.items():
+        if method == "fp8":
+            q, scales = gptq_fp8(module.weight.data, observer.hessian_of(name), damp_percent=options.damp_percent)
+            module.weight.data.copy_((q.float() * scales).to(module.weight.dtype))
+            results[name] = (q, scales)
+            continue
         gq = gptq_quantize(module.weight.data, observer.hessian_of(name), bits, group, options.resolved_sym,
                            options.act_order, options.damp_percent)
         module.weight.data.copy_(gq.dequantize().to(module.weight.dtype))
@@ -92,7 +102,7 @@ def run_layers(checkpoint, calibration, options, device: torch.device, writer,
         writer.add({"model.embed_tokens.weight": embed_weight.to(out_dtype)})
         table = embed_weight.float().to(device)
         del embed_weight
-        calibrated = options.method in ("awq", "gptq")
+        calibrated = options.calibrated
         calib = F.embedding(calibration.samples.to(device), table) if calibrated else None
         heldout = F.embedding(calibration.heldout.to(device), table)
         del table

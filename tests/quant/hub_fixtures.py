@@ -82,7 +82,7 @@ def _quantization_config(fmt: str, group: int, scheme_kwargs) -> dict:
             "config_groups": {"group_0": json.loads(scheme.model_dump_json())}}
 
 
-def ct_scheme(fmt: str, group: int, static_input: bool = False, per_tensor: bool = False):
+def ct_scheme(fmt: str, group: int, static_input: bool = False, per_tensor: bool = False, weight_only: bool = False):
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 
     if fmt == "ct-w4a16":
@@ -90,7 +90,7 @@ def ct_scheme(fmt: str, group: int, static_input: bool = False, per_tensor: bool
             num_bits=4, type="int", symmetric=True, strategy="group", group_size=group))
     acts = QuantizationArgs(num_bits=8, type="float", symmetric=True, strategy="tensor" if static_input else "token",
                             dynamic=not static_input)
-    return QuantizationScheme(targets=["Linear"], input_activations=acts, weights=QuantizationArgs(
+    return QuantizationScheme(targets=["Linear"], input_activations=None if weight_only else acts, weights=QuantizationArgs(
         num_bits=8, type="float", symmetric=True, strategy="tensor" if per_tensor else "channel"))
 
 
@@ -100,7 +100,8 @@ def build_fixture(src_dir: str, quant_dir: str, twin_dir: str, fmt: str, group: 
 
     if fmt.startswith("ct-"):
         scheme_kwargs.setdefault("scheme", ct_scheme(fmt, group, scheme_kwargs.get("static_input", False),
-                                                     scheme_kwargs.get("per_tensor", False)))
+                                                     scheme_kwargs.get("per_tensor", False),
+                                                     scheme_kwargs.get("weight_only", False)))
     state = load_file(os.path.join(src_dir, "model.safetensors"))
     gen = torch.Generator().manual_seed(0)
     g_idx_of: dict[tuple[str, str], torch.Tensor] = {}

@@ -105,13 +105,21 @@ def test_gptq_reader_refuses_uneven_g_idx():
 ct = pytest.importorskip("compressed_tensors")
 
 
-def test_fp8_writer_decompresses_with_compressed_tensors():
+@pytest.mark.parametrize("weight_only", [False, True])
+def test_fp8_writer_decompresses_with_compressed_tensors(weight_only):
     from compressed_tensors.compressors.naive_quantized.base import FloatQuantizationCompressor
     from compressed_tensors.quantization import QuantizationConfig
 
-    config = QuantizationConfig.model_validate(compressed_tensors.fp8_config(["lm_head"]))
+    from localllm.quant.config import _compressed_tensors
+
+    raw = compressed_tensors.fp8_config(["lm_head"], weight_only=weight_only)
+    config = QuantizationConfig.model_validate(raw)
     scheme = config.config_groups["group_0"]
-    assert config.format == "float-quantized" and scheme.input_activations.dynamic
+    assert config.format == "float-quantized"
+    assert (scheme.input_activations is None) if weight_only else scheme.input_activations.dynamic
+    assert compressed_tensors.FP8_DYNAMIC_SCHEME["input_activations"] is not None  # the default is not mutated
+    ours = _compressed_tensors(raw, "test")
+    assert ours.fp8_weight_only == weight_only and not ours.static_input_scale
     w = torch.randn(48, 64, generator=torch.Generator().manual_seed(0)) * 0.1
     q, scales = quantize_fp8(w)
     tensors = compressed_tensors.write_fp8("m", q, scales)

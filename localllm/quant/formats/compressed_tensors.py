@@ -28,13 +28,15 @@ FP8_DYNAMIC_SCHEME = {
 }
 
 
-def fp8_config(ignore: list[str]) -> dict:
-    """FP8 weights per output channel, dynamic per-token FP8 activations (llm-compressor's FP8_DYNAMIC)."""
+def fp8_config(ignore: list[str], weight_only: bool = False) -> dict:
+    """FP8 weights per output channel, dynamic per-token FP8 activations (llm-compressor's
+    FP8_DYNAMIC), or with weight_only no input_activations: 16-bit activations (W8A16)."""
+    scheme = dict(FP8_DYNAMIC_SCHEME, input_activations=None) if weight_only else FP8_DYNAMIC_SCHEME
     return {
         "quant_method": "compressed-tensors",
         "format": "float-quantized",
         "quantization_status": "compressed",
-        "config_groups": {"group_0": FP8_DYNAMIC_SCHEME},
+        "config_groups": {"group_0": scheme},
         "ignore": list(ignore),
         "kv_cache_scheme": None,
         "global_compression_ratio": None,
