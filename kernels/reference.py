@@ -115,10 +115,10 @@ def _decode_attention(
         (block_table, seq_lens), (), (tuple(seq_lens_cpu), max_seq_len, block_size),
         lambda: _decode_slots_and_mask(block_table, seq_lens, seq_lens_cpu, max_seq_len, block_size),
     )
-    flat = kv_cache.view(2, num_blocks * block_size, num_kv_heads, head_size)
-    # [S * L, Hkv, D] -> [S, Hkv, L, D]: one row copy per position, no per-block padding.
-    key = flat[0].index_select(0, slots).view(num_seqs, max_seq_len, num_kv_heads, head_size).transpose(1, 2)
-    value = flat[1].index_select(0, slots).view(num_seqs, max_seq_len, num_kv_heads, head_size).transpose(1, 2)
+    # Keys and values in one gather: [2, S * L, Hkv * D] -> two [S, Hkv, L, D]; one row copy per
+    # position, no per-block padding.
+    gathered = kv_cache.view(2, num_blocks * block_size, num_kv_heads * head_size).index_select(1, slots)
+    key, value = gathered.view(2, num_seqs, max_seq_len, num_kv_heads, head_size).transpose(2, 3).unbind(0)
     # GQA: the G query heads sharing a kv head become G query rows of that head.
     q = query.view(num_seqs, num_kv_heads, num_heads // num_kv_heads, head_size)
     out = F.scaled_dot_product_attention(q, key.to(q.dtype), value.to(q.dtype), attn_mask=mask, scale=scale)
@@ -241,7 +241,28 @@ def rotary_embedding(
         (positions,), (cos_sin_cache,), (query.dtype, is_neox_style),
         lambda: _rotary_tables(positions, cos_sin_cache, query.dtype, is_neox_style),
     )
+    joined = _adjacent_columns(query, key)
+    if joined is not None:
+        # q and k side by side in one buffer (slices of the qkv projection): one pass over both.
+        rotated = _rotate(joined, tables, head_size, is_neox_style)
+        return rotated[:, : query.shape[1]], rotated[:, query.shape[1] :]
     return _rotate(query, tables, head_size, is_neox_style), _rotate(key, tables, head_size, is_neox_style)
+
+
+def _adjacent_columns(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor | None:
+    """The [T, A + B] view spanning left [T, A] and right [T, B] when right's columns follow
+    left's in the same rows of one buffer (e.g. q and k split from qkv); otherwise None."""
+    if left.dim() != 2 or right.dim() != 2 or left.shape[0] != right.shape[0] or left.dtype != right.dtype:
+        return None
+    if left.stride(1) != 1 or right.stride(1) != 1 or left.stride(0) != right.stride(0):
+        return None
+    if left.untyped_storage().data_ptr() != right.untyped_storage().data_ptr():
+        return None
+    if right.storage_offset() != left.storage_offset() + left.shape[1]:
+        return None
+    if left.shape[0] > 1 and left.stride(0) < left.shape[1] + right.shape[1]:
+        return None  # rows overlap: not two column blocks of one matrix
+    return left.as_strided((left.shape[0], left.shape[1] + right.shape[1]), left.stride())
 
 
 def _rotary_tables(

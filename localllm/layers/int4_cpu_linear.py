@@ -61,13 +61,13 @@ class Int4CPULinear(nn.Module):
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
+        rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # the model's [T, K] needs no reshape
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            x.reshape(-1, self.in_features).to(torch.bfloat16), self.packed_weight, self.group_size, self.scales_and_zeros
+            rows.to(torch.bfloat16), self.packed_weight, self.group_size, self.scales_and_zeros
         ).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias
-        return y.reshape(*shape[:-1], self.out_features)
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
 
 def convert_linears_to_int4(model: nn.Module, group_size: int = GROUP_SIZE) -> int:

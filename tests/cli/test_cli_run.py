@@ -188,7 +188,10 @@ def test_verbose_prints_stats_on_stderr_only(fake_engine):
 
 
 _SIGINT_SCRIPT = r'''
-import asyncio, sys
+import asyncio, signal, sys
+# A terminal's Ctrl-C, even when the suite itself runs as a background job (where the shell hands
+# its children SIGINT ignored).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, sys.argv[1])
 from tests.cli.conftest import FakeEngine
 import localllm.cli.run as run_module

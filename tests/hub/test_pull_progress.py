@@ -142,7 +142,16 @@ def test_a_failed_file_stops_the_files_not_yet_started():
     assert sorted(started) == [0, 1] and ended == [1]  # 1 was under way and finished; 2..9 never started
 
 
-def test_an_interrupt_cancels_the_transfers_under_way():
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt, even when the suite runs as a background job (where the
+    shell hands it SIGINT ignored); the previous handler comes back after the test."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_an_interrupt_cancels_the_transfers_under_way(ctrl_c_raises):
     cancelled: list[bool] = []
 
     def job(item: int, cancel: threading.Event) -> None:

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from localllm.kernels import ops
+from localllm.kernels import ops, reference
 
 # --------------------------------------------------------------------------- paged attention
 
@@ -249,6 +249,28 @@ def test_rotary_float32_is_bitwise_hf():
     q, _ = ops.rotary_embedding(moved, query, key, 64, cache)
     expected = _naive_rotary(moved, query, 64, cache.double(), True)
     torch.testing.assert_close(q.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_tokens", [1, 5])
+@pytest.mark.parametrize("neox", [True, False])
+def test_rotary_of_q_and_k_split_from_one_projection(num_tokens, neox):
+    """q and k as adjacent column slices of qkv take one joined pass: the same bits as two
+    separate passes, and qkv itself is left unchanged."""
+    gen = torch.Generator().manual_seed(num_tokens)
+    cache = _cos_sin_cache(64, 64).float()
+    positions = torch.randint(0, 64, (num_tokens,), generator=gen)
+    qkv = torch.randn(num_tokens, (9 + 3 + 3) * 64, generator=gen)
+    before = qkv.clone()
+    q, k, _ = qkv.split([9 * 64, 3 * 64, 3 * 64], dim=-1)
+    assert reference._adjacent_columns(q, k) is not None  # the joined path is the one tested
+    assert reference._adjacent_columns(q.clone(), k.clone()) is None
+    joined_q, joined_k = ops.rotary_embedding(positions, q, k, 64, cache, neox)
+    separate_q, separate_k = ops.rotary_embedding(positions, q.clone(), k.clone(), 64, cache, neox)
+    assert torch.equal(qkv, before)
+    assert joined_q.shape == q.shape and joined_k.shape == k.shape
+    assert torch.equal(joined_q, separate_q) and torch.equal(joined_k, separate_k)
+    expected = _naive_rotary(positions, k, 64, cache.double(), neox)
+    torch.testing.assert_close(joined_k.double(), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("head_size,rot_dim", [(64, 64), (128, 128), (64, 32)])

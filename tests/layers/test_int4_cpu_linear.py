@@ -67,3 +67,15 @@ def test_convert_swaps_fused_linears_and_keeps_shapes():
     assert convert_linears_to_int4(model) == 1
     assert isinstance(model.qkv_proj, Int4CPULinear) and isinstance(model.odd, Linear)
     assert model.qkv_proj(torch.randn(3, 64)).shape == (3, 16 * 4 + 2 * 16 * 2)
+
+
+def test_leading_dims_are_kept():
+    g = torch.Generator().manual_seed(7)
+    linear = Linear(128, 96, True, torch.float32, torch.device("cpu"))
+    linear.weight.data.copy_(torch.randn(96, 128, generator=g) * 0.05)
+    linear.bias.data.copy_(torch.randn(96, generator=g))
+    fast = Int4CPULinear(linear)
+    x = torch.randn(2, 3, 128, generator=g)
+    out = fast(x)
+    assert out.shape == (2, 3, 96)
+    torch.testing.assert_close(out, fast(x.reshape(6, 128)).reshape(2, 3, 96), atol=0, rtol=0)
