@@ -40,11 +40,17 @@ def new_record(kind: str, workload: dict, argv: list[str] | None = None, **field
 
 
 def write_json(record: dict, path: str) -> None:
-    """Write atomically: a reader never sees half a file."""
+    """Write a file atomically (a reader never sees half of it). A path that exists and is not a
+    regular file (/dev/null, /dev/stdout, a pipe) is written straight through: replacing it would
+    put a plain file where the device or pipe was."""
+    text = json.dumps(record, indent=2) + "\n"
+    if os.path.exists(path) and not os.path.isfile(path):
+        with open(path, "w") as f:
+            f.write(text)
+        return
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     partial = path + ".partial"
     with open(partial, "w") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
+        f.write(text)
     os.replace(partial, path)

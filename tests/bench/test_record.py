@@ -31,6 +31,25 @@ def test_record_carries_machine_versions_command_and_workload(tmp_path):
     assert not (tmp_path / "sub" / "r.json.partial").exists()
 
 
+def test_a_pipe_or_device_path_is_written_through_not_replaced(tmp_path):
+    """`--json /dev/null` once replaced the machine's /dev/null with a plain file (the atomic
+    write renames over its target). A FIFO stands in for the device here."""
+    import os
+    import stat
+    import threading
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_text()), daemon=True)
+    reader.start()
+    write_json({"kind": "serve", "value": 1}, str(pipe))
+    reader.join(timeout=10)
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+    assert json.loads(received[0]) == {"kind": "serve", "value": 1}
+    assert not (tmp_path / "pipe.partial").exists()
+
+
 def test_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="kind"):
         new_record("speed", {})

@@ -97,12 +97,12 @@ def test_a_server_that_refuses_every_request_is_one_error_line(server):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_api_key_is_sent_and_its_absence_explained(fake_server):
+def test_api_key_is_sent_and_its_absence_explained(fake_server, tmp_path):
     server = fake_server(reply=counting_reply, settings={"api_key": "sesame"})
     result = invoke("--url", server.url, "--num-prompts", "2", "--input-len", "3", "--output-len", "2")
     assert result.exit_code == 1 and "401" in result.stderr and "--api-key" in result.stderr
     result = invoke("--url", server.url, "--num-prompts", "2", "--input-len", "3", "--output-len", "2",
-                    "--api-key", "sesame", "--json", "/dev/null")
+                    "--api-key", "sesame", "--json", str(tmp_path / "run.json"))
     assert result.exit_code == 0, result.output
 
 
