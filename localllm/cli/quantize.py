@@ -72,7 +72,7 @@ def _run(job):
     typer.echo(f"quantizing {job.model} -> {job.out_dir} ({options.scheme_name()})", err=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} layers"),
                   TimeElapsedColumn(), console=Console(stderr=True), transient=False) as progress:
-        task = progress.add_task("calibrating" if options.method in ("awq", "gptq") else "quantizing", total=None)
+        task = progress.add_task("calibrating" if options.calibrated else "quantizing", total=None)
 
         def on_layer(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)

@@ -101,3 +101,17 @@ def test_a_failure_midway_leaves_nothing_behind(tiny, tmp_path, monkeypatch):
     result = quantize(tiny, "--method", "rtn", "-g", "32", "--seq-len", "64", "-o", str(out))
     assert calls == [0, 1] and result.exit_code != 0
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_the_progress_line_says_whether_the_method_calibrates(tiny, tmp_path, monkeypatch):
+    from rich.progress import Progress
+
+    labels: list[str] = []
+    add_task = Progress.add_task
+    monkeypatch.setattr(Progress, "add_task", lambda self, description, *a, **k: labels.append(description)
+                        or add_task(self, description, *a, **k))
+    fp8 = quantize(tiny, "--method", "fp8", "--samples", "2", "--seq-len", "32", "-o", str(tmp_path / "fp8"), "--json")
+    assert fp8.exit_code == 0, fp8.output
+    rtn = quantize(tiny, "--method", "rtn", "-g", "32", "--seq-len", "32", "-o", str(tmp_path / "rtn"), "--json")
+    assert rtn.exit_code == 0, rtn.output
+    assert labels == ["calibrating", "quantizing"]  # fp8 runs GPTQ on the e4m3 grid by default
