@@ -16,7 +16,7 @@ from localllm.server.errors import as_api_error, ollama_error_body
 from localllm.server.generation import EngineRequest, stream_outputs
 from localllm.server.logprobs import ollama_logprobs
 from localllm.server.state import ServerState
-from localllm.server.streaming import NDJSON_MEDIA_TYPE, ClientDisconnected, EventStream, ndjson, until_disconnected
+from localllm.server.streaming import NDJSON_MEDIA_TYPE, EventStream, collect_unless_disconnected, ndjson
 from localllm.server.tool_calls import ToolCall, ToolCallStreamer, ToolPlan
 
 
@@ -123,12 +123,9 @@ async def respond(
         body = _stream(state, shape, request, plan, timing, k, final_extra)
         return EventStream(body, NDJSON_MEDIA_TYPE, on_close=ticket.release)
     timing.engine_start = time.perf_counter_ns()
-    try:
-        result = await until_disconnected(http_request, collect(state, request))
-    except ClientDisconnected:
+    result = await collect_unless_disconnected(http_request, collect(state, request), ticket.release)
+    if result is None:
         return Response(status_code=499)
-    finally:
-        ticket.release()
     timing.end = time.perf_counter_ns()
     timing.model_load = state.take_model_load_ns()
     if result.first_token is not None:

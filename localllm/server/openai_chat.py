@@ -17,7 +17,7 @@ from localllm.server.logprobs import chat_logprobs
 from localllm.server.openai_protocol import ChatCompletionRequest, ChatMessage
 from localllm.server.sampling import fit_max_tokens, make_params
 from localllm.server.state import ServerState
-from localllm.server.streaming import SSE_DONE, SSE_MEDIA_TYPE, ClientDisconnected, EventStream, sse, until_disconnected
+from localllm.server.streaming import SSE_DONE, SSE_MEDIA_TYPE, EventStream, collect_unless_disconnected, sse
 from localllm.server.structured import from_openai
 from localllm.server.tool_call_deltas import ToolCallDeltas
 from localllm.server.tool_calls import ToolCall, ToolCallStreamer, ToolPlan, ToolSpec, detect_tool_format
@@ -190,10 +190,7 @@ async def create_chat_completion(state: ServerState, body: ChatCompletionRequest
     created = int(time.time())
     if body.stream:
         return EventStream(_stream(state, body, request, plan, created), SSE_MEDIA_TYPE, on_close=ticket.release)
-    try:
-        result = await until_disconnected(http_request, collect(state, request))
-    except ClientDisconnected:
+    result = await collect_unless_disconnected(http_request, collect(state, request), ticket.release)
+    if result is None:
         return Response(status_code=499)
-    finally:
-        ticket.release()
     return JSONResponse(_response(body, plan, result, created))

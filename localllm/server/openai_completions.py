@@ -17,7 +17,7 @@ from localllm.server.logprobs import CompletionLogprobs
 from localllm.server.openai_protocol import CompletionRequest
 from localllm.server.sampling import fit_max_tokens, make_params
 from localllm.server.state import ServerState
-from localllm.server.streaming import SSE_DONE, SSE_MEDIA_TYPE, ClientDisconnected, EventStream, sse, until_disconnected
+from localllm.server.streaming import SSE_DONE, SSE_MEDIA_TYPE, EventStream, collect_unless_disconnected, sse
 from localllm.server.structured import from_openai
 
 
@@ -208,10 +208,7 @@ async def create_completion(state: ServerState, body: CompletionRequest, http_re
             for task in tasks:
                 task.cancel()
 
-    try:
-        results = await until_disconnected(http_request, run_all())
-    except ClientDisconnected:
+    results = await collect_unless_disconnected(http_request, run_all(), ticket.release)
+    if results is None:
         return Response(status_code=499)
-    finally:
-        ticket.release()
     return JSONResponse(_response(state, body, results, created))

@@ -82,3 +82,14 @@ async def until_disconnected(request: Request, work: Awaitable):
         watcher.cancel()
         if not task.done():
             task.cancel()
+
+
+async def collect_unless_disconnected(request: Request, work: Awaitable, release: Callable[[], None]):
+    """The non-streamed answer: `work`'s result, or None when the client hung up first (the
+    caller answers 499). `release` (the admission ticket's) runs either way."""
+    try:
+        return await until_disconnected(request, work)
+    except ClientDisconnected:
+        return None
+    finally:
+        release()
