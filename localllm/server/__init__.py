@@ -2,7 +2,8 @@
 
   app.py                 the app factory: routes, /health, /metrics, API key, error shapes
   openai_routes.py       /v1/models, /v1/chat/completions (openai_chat.py), /v1/completions
-                         (openai_completions.py); bodies in openai_protocol.py
+                         (openai_completions.py), vLLM's /tokenize and /detokenize
+                         (openai_tokenize.py); bodies in openai_protocol.py
   ollama_routes.py       /api/version, /api/tags, /api/show, /api/ps, /api/chat and
                          /api/generate (ollama_generate.py, answers in ollama_answer.py);
                          bodies in ollama_protocol.py

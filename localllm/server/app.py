@@ -85,6 +85,7 @@ def create_app(llm, model: ModelInfo, settings: ServerSettings | None = None) ->
     app = FastAPI(title="localllm", version=__version__)
     app.state.server = ServerState(llm, model, settings)
     app.include_router(openai_routes.router)
+    app.include_router(openai_routes.tokens_router)
     app.include_router(ollama_routes.router)
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)

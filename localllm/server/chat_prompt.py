@@ -34,13 +34,23 @@ def _with_tools_system_prompt(messages: list[dict], plan: ToolPlan) -> list[dict
     return [{"role": "system", "content": prompt}, *messages]
 
 
-def render_chat_prompt(llm, messages: list[dict], plan: ToolPlan | None, template_kwargs: dict | None = None) -> str:
+def render_chat_prompt(
+    llm,
+    messages: list[dict],
+    plan: ToolPlan | None,
+    template_kwargs: dict | None = None,
+    *,
+    add_generation_prompt: bool = True,
+    continue_final_message: bool = False,
+) -> str:
+    """The prompt text the chat routes generate from; /tokenize renders through here too, so its
+    count is the chat route's. `continue_final_message` leaves the last message open (vLLM's)."""
     if not messages:
         raise bad_request("messages must not be empty", param="messages")
     if not llm.chat_template:
         raise bad_request("this model has no chat template: send a plain prompt (completions / generate with raw)")
     kwargs = dict(template_kwargs or {})
-    for key in ("tools", "messages", "add_generation_prompt", "chat_template", "tokenize"):
+    for key in ("tools", "messages", "add_generation_prompt", "continue_final_message", "chat_template", "tokenize"):
         if key in kwargs:
             raise bad_request(f"chat_template_kwargs may not set {key!r}", param="chat_template_kwargs")
     native = plan is not None and plan.template_renders_tools
@@ -51,8 +61,10 @@ def render_chat_prompt(llm, messages: list[dict], plan: ToolPlan | None, templat
         msgs = [_as_text_turns(m) for m in messages]
         if plan is not None and plan.tools:
             msgs = _with_tools_system_prompt(msgs, plan)
+    if continue_final_message:
+        kwargs["continue_final_message"] = True  # NOTE: only when asked: older templates take no such key
     try:
-        return llm.render_chat(msgs, **kwargs)
+        return llm.render_chat(msgs, add_generation_prompt=add_generation_prompt, **kwargs)
     except ValueError as e:  # the engine's message checks
         raise bad_request(str(e), param="messages") from None
     except Exception as e:  # noqa: BLE001 - a template's raise_exception / type errors are the request's fault

@@ -14,7 +14,7 @@ from localllm.server.collect import Collected, collect
 from localllm.server.errors import as_api_error, bad_request, openai_error_body
 from localllm.server.generation import EngineRequest, new_request_id, stream_outputs
 from localllm.server.logprobs import chat_logprobs
-from localllm.server.openai_protocol import ChatCompletionRequest, ChatMessage
+from localllm.server.openai_protocol import ChatCompletionRequest, ChatMessage, Tool, ToolChoice
 from localllm.server.sampling import fit_max_tokens, make_params
 from localllm.server.state import ServerState
 from localllm.server.streaming import SSE_DONE, SSE_MEDIA_TYPE, EventStream, collect_unless_disconnected, sse
@@ -59,17 +59,17 @@ def plain_message(message: ChatMessage, i: int) -> dict:
     return plain
 
 
-def tool_plan(state: ServerState, body: ChatCompletionRequest) -> ToolPlan | None:
-    if not body.tools or body.tool_choice == "none":
+def tool_plan(state: ServerState, tools: list[Tool] | None, choice: ToolChoice | None) -> ToolPlan | None:
+    """How `tools` go into the prompt and the calls come back (None: no tools); /tokenize too."""
+    if not tools or choice == "none":
         return None
     specs = tuple(
         ToolSpec(t.function.name, t.function.description, t.function.parameters or {"type": "object", "properties": {}})
-        for t in body.tools
+        for t in tools
     )
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise bad_request("tools: function names must be unique", param="tools")
-    choice = body.tool_choice
     forced = None if choice in (None, "auto") else "" if choice == "required" else choice.function.name
     if forced and forced not in names:
         raise bad_request(f"tool_choice names {forced!r}, which is not among the tools", param="tool_choice")
@@ -80,7 +80,7 @@ def tool_plan(state: ServerState, body: ChatCompletionRequest) -> ToolPlan | Non
 def prepare(state: ServerState, body: ChatCompletionRequest) -> tuple[EngineRequest, ToolPlan | None]:
     state.check_model(body.model)
     messages = [plain_message(m, i) for i, m in enumerate(body.messages)]
-    plan = tool_plan(state, body)
+    plan = tool_plan(state, body.tools, body.tool_choice)
     structured = from_openai(body.response_format, plan)
     prompt = render_chat_prompt(state.llm, messages, plan, body.chat_template_kwargs)
     ids = state.tokenize(prompt)

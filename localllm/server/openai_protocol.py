@@ -212,3 +212,41 @@ class CompletionRequest(_SamplingFields):
         if self.max_tokens == 0 and not self.echo:
             raise ValueError("max_tokens may be 0 only with echo (scoring the prompt)")
         return self
+
+
+class TokenizeRequest(_Body):
+    """vLLM's POST /tokenize, both forms in one body: {prompt} or {messages, ...}.
+
+    NOTE: `add_special_tokens` defaults to True for messages as well (vLLM: False, because HF
+    templates write BOS themselves): the engine never doubles a BOS, so True is exactly what the
+    chat route runs, and the count is its prompt_tokens.
+    """
+
+    model: str | None = None  # vLLM's is optional too: None means the served model
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool | None = None  # messages only; True when not given
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[Tool] | None = None
+    return_token_strs: bool = False
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("send either `prompt` (text) or `messages` (a chat), not both and not neither")
+        if self.prompt is not None:
+            chat_only = ("add_generation_prompt", "chat_template_kwargs", "tools")
+            given = [name for name in chat_only if getattr(self, name) is not None] + (
+                ["continue_final_message"] if self.continue_final_message else [])
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to `messages`, not to `prompt`")
+        if self.continue_final_message and self.add_generation_prompt:
+            raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
+        return self
+
+
+class DetokenizeRequest(_Body):
+    model: str | None = None
+    tokens: list[int]

@@ -1,4 +1,5 @@
-"""The OpenAI API: /v1/models, /v1/chat/completions, /v1/completions."""
+"""The OpenAI API: /v1/models, /v1/chat/completions, /v1/completions; and vLLM's /tokenize and
+/detokenize, which vLLM serves at the root (`tokens_router`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from fastapi import APIRouter, Request
 from localllm.server.errors import APIError
 from localllm.server.openai_chat import create_chat_completion
 from localllm.server.openai_completions import create_completion
-from localllm.server.openai_protocol import ChatCompletionRequest, CompletionRequest
+from localllm.server.openai_protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from localllm.server.openai_tokenize import detokenize, tokenize
 from localllm.server.state import ServerState
 
 router = APIRouter(prefix="/v1")
+tokens_router = APIRouter()
 
 
 def _state(request: Request) -> ServerState:
@@ -53,3 +56,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request):
     return await create_completion(_state(request), body, request)
+
+
+@tokens_router.post("/tokenize")
+async def tokenize_route(body: TokenizeRequest, request: Request) -> dict:
+    return tokenize(_state(request), body)
+
+
+@tokens_router.post("/detokenize")
+async def detokenize_route(body: DetokenizeRequest, request: Request) -> dict:
+    return detokenize(_state(request), body)

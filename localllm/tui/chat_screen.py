@@ -107,6 +107,11 @@ class ChatScreen(SendingMixin, AnsweringMixin, ChatActionsMixin, Screen):
             self.status.show(context_used=fallback)
             return
         messages = self.conversation.prompt_messages()
+        # NOTE: on the event loop, unlike the overflow check (chat_sending.py): one count, and
+        # with a server mostly a cache hit (the messages the send check has just counted); a
+        # miss (a chat opened, turns removed) is one /tokenize request, capped at 2 s, and after
+        # a failure none for a while (token_counter.py). Moving it to a thread would let it land
+        # after the answer's own figure and overwrite it.
         try:
             count = self.app.backend.count_tokens(messages) if messages else 0
         except Exception:  # noqa: BLE001 - a template failure shows when sending

@@ -1,9 +1,16 @@
 """Sending a message: the prompt box's Enter, the context-overflow check and its dialog (drop
 the oldest turns, or a new chat), and a message sent while the model was still loading.
 A mixin of ChatScreen (chat_screen.py), which holds the state these methods use.
+
+NOTE: the overflow check runs in a thread: it may count several times (once per dropped turn),
+and with a server (`--url`) each count is an HTTP request, which must not stall the event loop.
+The screen's handlers wait for it (Textual runs them one at a time), so nothing else is sent
+meanwhile; the screen keeps drawing.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from localllm.tui.backend import BackendError
 from localllm.tui.conversation import USER, Conversation, Message
@@ -22,8 +29,10 @@ class SendingMixin:
         if self.app.load_error is not None:
             self.notify(f"no model to answer: {self.app.load_error}", severity="error")
             return
-        if self.app.info is not None and not self._fits(text):
+        if self.app.info is not None and not await self._fits(text):
             return  # the overflow dialog takes it from here
+        if self._busy():
+            return  # an answer started while the check ran (from the palette)
         self.prompt.clear()
         await self._send(text)
 
@@ -43,16 +52,17 @@ class SendingMixin:
             return
         self._start_answer()
 
-    def _overflow(self, conversation: Conversation, text: str) -> Overflow | None:
+    async def _overflow(self, conversation: Conversation, text: str) -> Overflow | None:
         try:
-            return check_context(self.app.backend.count_tokens, conversation, text, self.app.info.max_model_len)
+            return await asyncio.to_thread(check_context, self.app.backend.count_tokens, conversation, text,
+                                           self.app.info.max_model_len)
         except BackendError:
             return None  # sending shows the template error
 
-    def _fits(self, text: str) -> bool:
+    async def _fits(self, text: str) -> bool:
         """False (and the overflow dialog is up, or an error shown) when the prompt plus max
         tokens would not fit in the context."""
-        overflow = self._overflow(self.conversation, text)
+        overflow = await self._overflow(self.conversation, text)
         if overflow is None:
             return True
         if not overflow.fits_in_new_chat:
@@ -92,11 +102,11 @@ class SendingMixin:
         pending = conversation.messages[-1]
         before = Conversation(system=conversation.system, settings=conversation.settings,
                               messages=conversation.messages[:-1])
-        if self._overflow(before, pending.content) is None:
+        if await self._overflow(before, pending.content) is None:
             self._start_answer()
             return
         await self._remove([pending])
         if not self.prompt.text.strip():
             self.prompt.load_text(pending.content)
-        self._fits(pending.content)
+        await self._fits(pending.content)
 

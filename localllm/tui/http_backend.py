@@ -1,5 +1,7 @@
-"""A running `localllm serve` (or any OpenAI-compatible server): `/v1/models` to load,
-`/v1/chat/completions` with `stream: true` (server-sent events) to chat.
+"""A running `localllm serve` (or any OpenAI-compatible server): `/v1/models` to load (the
+model's name and context length), `/v1/chat/completions` with `stream: true` (server-sent
+events) to chat, and vLLM's `/tokenize` to count prompt tokens (token_counter.py) where the
+server has it.
 
 Esc cancels the task reading the stream, which closes the connection; the server then aborts
 the request in its engine (a dropped connection frees the request's blocks there).
@@ -13,6 +15,7 @@ from typing import AsyncIterator, Callable
 
 from localllm.tui.backend import BackendError, Delta, LoadStep, ModelInfo
 from localllm.tui.settings import ChatSettings
+from localllm.tui.token_counter import RemoteTokenCounter
 
 _DONE = object()
 
@@ -26,6 +29,7 @@ class HttpBackend:
         self.timeout = timeout
         self._readers: dict[str, asyncio.Task] = {}
         self._queues: dict[str, asyncio.Queue] = {}
+        self.token_counter = RemoteTokenCounter(self.url, model)
 
     # ------------------------------------------------------------------ load
 
@@ -49,7 +53,7 @@ class HttpBackend:
             card = cards[ids.index(self.model)]
         else:
             raise BackendError(f"{self.url} does not serve {self.model!r} (it serves: {', '.join(map(str, ids))})")
-        self.model = card["id"]
+        self.model = self.token_counter.model = card["id"]
         return ModelInfo(name=self.model, quantization=card.get("quantization"),
                          max_model_len=card.get("max_model_len"))
 
@@ -166,13 +170,14 @@ class HttpBackend:
         queue.put_nowait(pending)
 
     def count_tokens(self, messages: list[dict]) -> int | None:
-        return None  # NOTE: no tokenizer here; the server answers an overlong prompt with an error
+        """The server's count (POST /tokenize), cached; None where the server cannot count."""
+        return self.token_counter.count(messages)
 
     def kv_cache_usage(self) -> tuple[int, int] | None:
         return None
 
     def shutdown(self) -> None:
-        pass
+        self.token_counter.close()
 
 
 def _error_message(status: int, text: str) -> str:

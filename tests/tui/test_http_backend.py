@@ -26,6 +26,7 @@ class FakeOpenAI:
     def __init__(self) -> None:
         self.scripts: list = []
         self.bodies: list[dict] = []
+        self.other_posts: list[str] = []  # paths of POSTs that were not a chat request
         self.disconnected = threading.Event()
         fake = self
 
@@ -54,6 +55,10 @@ class FakeOpenAI:
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path != "/v1/chat/completions":  # a server without /tokenize, like Ollama
+                    fake.other_posts.append(self.path)
+                    self._json(404, {"error": {"message": "not found"}})
+                    return
                 fake.bodies.append(body)
                 script = fake.scripts.pop(0) if fake.scripts else ["Hi", "!"]
                 if isinstance(script, tuple):
