@@ -3,7 +3,9 @@
 
 Backend choice, per call, from the tensors' device and the process-wide setting
 (`LOCALLLM_KERNELS` in the environment, or `use_backend(...)`):
-  auto (default)  Triton on CUDA tensors, the reference elsewhere;
+  auto (default)  Triton on CUDA tensors; on float32 CPU tensors the C decode kernels
+                  (cpu_native: rms_norm, silu_and_mul, neox rotary, the KV store, decode-only
+                  attention) where they could be built; the reference elsewhere;
   triton          Triton everywhere (CPU tensors need TRITON_INTERPRET=1: tests only);
   reference       the reference everywhere (the GPU parity oracle).
 Checks read only tensor metadata: nothing here syncs with the device, so every op can be
@@ -19,7 +21,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from . import reference
+from . import cpu_native, reference
 
 BACKENDS = ("auto", "triton", "reference")
 _backend = os.environ.get("LOCALLLM_KERNELS", "auto")
@@ -63,6 +65,11 @@ def uses_triton(device: torch.device) -> bool:
     return device_type == "cuda" and triton_available()
 
 
+def _native(*tensors: torch.Tensor) -> bool:
+    """Whether this call runs the C CPU kernels (auto backend, float32 CPU tensors, library built)."""
+    return _backend == "auto" and cpu_native.usable(*tensors)
+
+
 def _check(condition: bool, message: str | Callable[[], str]) -> None:
     """Raise ValueError(message) unless condition. A message that formats shapes comes as a
     lambda: these checks run on every op of every layer, and on the CPU decode path eager
@@ -98,6 +105,9 @@ def store_kv_cache(
         from .triton import kv_store
 
         kv_store.store_kv_cache(key, value, kv_cache, slot_mapping)
+        return
+    if _native(key, value, kv_cache) and key.stride(1) == value.stride(1) == head_size:
+        cpu_native.store_kv(key, value, kv_cache, slot_mapping)
         return
     reference.store_kv_cache(key, value, kv_cache, slot_mapping)
 
@@ -151,6 +161,8 @@ def paged_attention(
         return attention_prefill.paged_attention_prefill(
             query, kv_cache, query_start_loc, seq_lens, block_table, scale, max_query_len, max_seq_len
         )
+    if max_query_len == 1 and _native(query, kv_cache) and query.stride(1) == head_size:
+        return cpu_native.decode_attention(query, kv_cache, seq_lens, block_table, scale)
     return reference.paged_attention(
         query, kv_cache, query_start_loc, seq_lens, block_table, scale,
         max_query_len, max_seq_len, query_start_loc_cpu, seq_lens_cpu,
@@ -171,6 +183,8 @@ def rms_norm(
         from .triton import rms_norm as triton_rms_norm
 
         return triton_rms_norm.rms_norm(x, weight, eps, residual)
+    if _native(x, weight) and (residual is None or _native(residual)):
+        return cpu_native.rms_norm(x, weight, eps, residual)
     return reference.rms_norm(x, weight, eps, residual)
 
 
@@ -200,6 +214,8 @@ def rotary_embedding(
         from .triton import rotary
 
         return rotary.rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox_style)
+    if is_neox_style and _native(query, key, cos_sin_cache):
+        return cpu_native.rotary_neox(positions, query, key, head_size, cos_sin_cache)
     return reference.rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox_style)
 
 
@@ -211,6 +227,8 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
         from .triton import activation
 
         return activation.silu_and_mul(x)
+    if _native(x):
+        return cpu_native.silu_and_mul(x)
     return reference.silu_and_mul(x)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from localllm.kernels import cpu_native
 from localllm.layers.linear import Linear
 
 GROUP_SIZE = 32
@@ -28,7 +29,15 @@ def int4_kernel_available() -> bool:
 
 
 def quantize_int4_groups(weight: torch.Tensor, group_size: int = GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
-    """weight [N, K] -> (q int32 [N, K] in 0..15, scales_and_zeros bf16 [K / group_size, N, 2])."""
+    """weight [N, K] -> (q int32 [N, K] in 0..15, scales_and_zeros bf16 [K / group_size, N, 2]).
+    A float32 CPU weight goes through the C kernel (same bits, one pass instead of a dozen)."""
+    if weight.dtype == torch.float32 and weight.device.type == "cpu" and cpu_native.library() is not None:
+        return cpu_native.quantize_int4_groups(weight, group_size)
+    return quantize_int4_groups_reference(weight, group_size)
+
+
+def quantize_int4_groups_reference(weight: torch.Tensor, group_size: int = GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_int4_groups in torch ops: the definition."""
     n, k = weight.shape
     groups = weight.float().reshape(n, k // group_size, group_size)
     low = groups.amin(dim=-1, keepdim=True)

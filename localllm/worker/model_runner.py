@@ -17,11 +17,13 @@ from localllm.kernels import ops
 from localllm.config import CacheConfig, ModelConfig, SchedulerConfig
 from localllm.engine.request import Request
 from localllm.layers.int4_cpu_linear import convert_linears_to_int4, int4_kernel_available
+from localllm.layers.int8_cpu_lm_head import convert_lm_head_to_int8
 from localllm.forward_context import AttentionMetadata, ForwardContext, set_forward_context
 from localllm.models.loader import Checkpoint
 from localllm.models.registry import build_model, kv_cache_spec
 from localllm.outputs import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
 from localllm.worker.kv_cache import allocate_kv_caches, choose_num_blocks, kv_bytes_per_block
+from localllm.worker.cpu_decode import CPUDecodePath
 from localllm.worker.cuda_graph import DecodeCUDAGraphs
 from localllm.worker.sampler import Sampler, SamplingBatch, compute_prompt_logprobs, seeded_generator
 from localllm.worker.structured_output import StructuredOutputManager
@@ -83,11 +85,15 @@ class ModelRunner:
         self.model.eval()
         self.quantization = resolve_quantization(model_config.quantization, checkpoint, self.device)
         if self.quantization == "int4":
+            # 4-bit bodies, an 8-bit head: the layout of a llama.cpp Q4 file (token_embd in Q8_0).
             convert_linears_to_int4(self.model)
+            convert_lm_head_to_int8(self.model)
         elif self.quantization in ("nf4", "int8"):
             from localllm.layers.bnb_linear import convert_linears_to_bnb
 
             convert_linears_to_bnb(self.model, self.quantization)
+        # Decode steps of an int4 model skip the modules' Python (same kernels, same bits).
+        self.cpu_decode = CPUDecodePath.build(self.model) if self.quantization == "int4" else None
 
         num_layers, num_kv_heads, head_dim = kv_cache_spec(checkpoint.hf_config)
         bytes_per_block = kv_bytes_per_block(num_layers, num_kv_heads, head_dim, self.block_size, self.dtype)
@@ -232,7 +238,10 @@ class ModelRunner:
                 seq_lens_cpu=seq_lens,
             )
             with set_forward_context(ForwardContext(attn_metadata=metadata, kv_caches=self.kv_caches)):
-                hidden = self.model(input_ids_t, positions_t)
+                if self.cpu_decode is not None and self.cpu_decode.applies(metadata, self.kv_caches):
+                    hidden = self.cpu_decode.forward(input_ids_t, positions_t, metadata, self.kv_caches)
+                else:
+                    hidden = self.model(input_ids_t, positions_t)
             logits = self.model.compute_logits(hidden[rows_t]) if rows else None
 
         prompt_logprobs: dict[str, list[TokenLogprobs | None]] = {}

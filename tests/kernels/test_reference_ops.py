@@ -1,4 +1,5 @@
-"""kernels.ops (reference path) against naive, loop-by-loop float64 definitions.
+"""kernels.ops against naive, loop-by-loop float64 definitions, on two backends: the torch
+reference, and the C CPU kernels that the auto backend runs on float32 CPU tensors.
 
 Fresh random inputs over a grid of shapes; every cache slot not written by the test holds NaN, so
 an op that reads past a sequence's length, or a padding block, shows up as NaN in its output.
@@ -11,7 +12,15 @@ import math
 import pytest
 import torch
 
-from localllm.kernels import ops, reference
+from localllm.kernels import cpu_native, ops, reference
+
+
+@pytest.fixture(autouse=True, params=["reference", "native"])
+def backend(request):
+    if request.param == "native" and cpu_native.library() is None:
+        pytest.skip("the C CPU kernels could not be built on this machine")
+    with ops.use_backend("reference" if request.param == "reference" else "auto"):
+        yield request.param
 
 # --------------------------------------------------------------------------- paged attention
 
@@ -195,8 +204,11 @@ def test_rms_norm(hidden, dtype):
 
 
 @pytest.mark.parametrize("rows,hidden", [(1, 576), (37, 960), (5, 4096)])
-def test_rms_norm_float32_is_bitwise_hf(rows, hidden):
-    """Parity with transformers in float32 is exact: the fused path must compute HF's expression."""
+def test_rms_norm_float32_is_bitwise_hf(rows, hidden, backend):
+    """The reference's parity with transformers in float32 is exact: its fused path must compute
+    HF's expression. (The C kernel sums the squares in another order: test_rms_norm bounds it.)"""
+    if backend == "native":
+        pytest.skip("the C kernel agrees to rounding, not bit for bit")
     gen = torch.Generator().manual_seed(rows + hidden)
     x = torch.randn(rows, hidden, generator=gen) * torch.rand(rows, 1, generator=gen) * 30
     weight = torch.randn(hidden, generator=gen)
@@ -297,3 +309,32 @@ def test_silu_and_mul(intermediate):
     gate, up = x[:, :intermediate].double(), x[:, intermediate:].double()
     expected = gate / (1 + torch.exp(-gate)) * up
     torch.testing.assert_close(ops.silu_and_mul(x).double(), expected, atol=1e-6, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def test_float32_cpu_calls_run_the_c_kernels(backend, monkeypatch):
+    """Under auto, every op with a C kernel runs it on float32 CPU tensors (the native runs
+    above would otherwise be testing the reference twice)."""
+    if backend != "native":
+        pytest.skip("checks the native dispatch")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the reference ran where the C kernel should have")
+
+    for name in ("rms_norm", "silu_and_mul", "rotary_embedding", "store_kv_cache", "paged_attention"):
+        monkeypatch.setattr(reference, name, refuse)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 64, generator=gen)
+    ops.rms_norm(x, torch.ones(64), 1e-5)
+    ops.rms_norm(x, torch.ones(64), 1e-5, torch.randn(3, 64, generator=gen))
+    ops.silu_and_mul(torch.randn(3, 128, generator=gen))
+    cache = torch.randn(32, 16, generator=gen)
+    q, k = ops.rotary_embedding(torch.tensor([0, 5, 9]), torch.randn(3, 4 * 16, generator=gen),
+                                torch.randn(3, 2 * 16, generator=gen), 16, cache)
+    kv_cache = torch.zeros(2, 4, 4, 2, 16)
+    ops.store_kv_cache(k.view(3, 2, 16), k.view(3, 2, 16), kv_cache, torch.tensor([0, 4, 8]))
+    seq_lens = torch.tensor([1, 1, 1], dtype=torch.int32)
+    ops.paged_attention(q.view(3, 4, 16), kv_cache, torch.tensor([0, 1, 2, 3], dtype=torch.int32), seq_lens,
+                        torch.tensor([[0], [1], [2]], dtype=torch.int32), 0.25, 1, 1, [0, 1, 2, 3], [1, 1, 1])

@@ -79,3 +79,22 @@ def test_leading_dims_are_kept():
     out = fast(x)
     assert out.shape == (2, 3, 96)
     torch.testing.assert_close(out, fast(x.reshape(6, 128)).reshape(2, 3, 96), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("column_major", [False, True])
+def test_the_c_quantizer_gives_the_torch_definitions_bits(column_major):
+    from localllm.kernels import cpu_native
+    from localllm.layers.int4_cpu_linear import quantize_int4_groups_reference
+
+    if cpu_native.library() is None:
+        pytest.skip("the C CPU kernels could not be built here")
+    g = torch.Generator().manual_seed(11)
+    w = torch.randn(80, 256, generator=g) * 0.05
+    w[0, :32] = 0.0  # a flat group: the 1e-12 floor
+    w[1, :32] = torch.arange(32) * (1 / 15)  # codes on exact ties between grid points
+    w[2, 32:64] = -3.0
+    if column_major:
+        w = w.t().contiguous().t()
+    q, sz = quantize_int4_groups(w)
+    q_ref, sz_ref = quantize_int4_groups_reference(w)
+    assert torch.equal(q, q_ref) and torch.equal(sz.view(torch.int16), sz_ref.view(torch.int16))
