@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Iterable
 
-# Tables that are not weights a step streams: rotary cos/sin caches (one row read per token).
-_NOT_STREAMED = ("cos_sin_cache", "rotary_emb", "inv_freq")
+# Tables that are not weights a step streams: rotary cos/sin caches (one row read per token), and
+# the 8-bit LM head's codes and scales (only its top candidates' rows are read again).
+_NOT_STREAMED = ("cos_sin_cache", "rotary_emb", "inv_freq", "lm_head.codes", "lm_head.group_scales")
 
 
 def weight_bytes_read(named_tensors: Iterable[tuple[str, object]], embedding_is_lm_head: bool) -> int:

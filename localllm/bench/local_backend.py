@@ -40,7 +40,9 @@ class LocalBackend(Backend):
         from localllm.models.registry import kv_cache_spec
 
         model = self.engine.runner.model
-        tied = bool(getattr(self.engine.checkpoint.hf_config, "tie_word_embeddings", False))
+        # The embedding is streamed only while it is the LM head (the int4 path's 8-bit head is not).
+        tied = bool(getattr(self.engine.checkpoint.hf_config, "tie_word_embeddings", False)) and hasattr(
+            model.lm_head, "weight")
         tensors = [*model.named_parameters(), *model.named_buffers()]
         element_size = torch.empty((), dtype=self.engine.runner.dtype).element_size()
         return {"weight_bytes": weight_bytes_read(tensors, tied),

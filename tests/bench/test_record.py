@@ -83,6 +83,11 @@ def test_weight_bytes_count_each_tensor_once_and_the_embedding_only_as_lm_head()
     assert weight_bytes_read(tensors, embedding_is_lm_head=True) == 3200 + 128
     untied = [("model.embed_tokens.weight", embed), ("model.layers.0.w", layer), ("lm_head.weight", embed.clone())]
     assert weight_bytes_read(untied, embedding_is_lm_head=False) == 128 + 3200
+    # The int4 path's 8-bit head: its two packed planes stream, its codes (read a few rows a step) do not.
+    planes = torch.zeros(25, 8, dtype=torch.uint8)
+    codes = torch.zeros(100, 8, dtype=torch.int8)
+    int8_head = [("model.embed_tokens.weight", embed), ("lm_head.high_packed", planes), ("lm_head.codes", codes)]
+    assert weight_bytes_read(int8_head, embedding_is_lm_head=False) == 200
     assert kv_bytes_per_token(30, 3, 64, 4) == 46080
 
 
