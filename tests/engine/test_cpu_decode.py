@@ -127,3 +127,20 @@ def test_bf16_rounding_matches_torch():
     out = torch.empty(values.shape, dtype=torch.bfloat16)
     lib.round_to_bf16(values.data_ptr(), out.data_ptr(), values.numel())
     assert torch.equal(out.view(torch.int16), values.to(torch.bfloat16).view(torch.int16))
+
+
+def test_without_the_c_kernels_everything_runs_on_torch(smollm2_gguf, make_llm, monkeypatch):
+    """No C compiler (or LOCALLLM_CPU_KERNELS=0): no fast path, the ops take the torch reference,
+    and the answers are still the int4 model's."""
+    reference_llm = make_llm(smollm2_gguf, quantization="auto", max_model_len=256, enable_prefix_caching=False)
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    prompt = [{"prompt_token_ids": list(range(40, 60))}]
+    with_kernels = reference_llm.generate(prompt, params)[0].outputs[0].token_ids
+    monkeypatch.setattr(cpu_native, "library", lambda: None)
+    llm = make_llm(smollm2_gguf, quantization="auto", max_model_len=256, enable_prefix_caching=False)
+    assert llm.engine.runner.cpu_decode is None
+    assert not cpu_native.usable(torch.zeros(2))
+    without = llm.generate(prompt, params)[0].outputs[0].token_ids
+    assert len(without) == 8
+    # Same int4 weights, float32 sums in another order: the greedy tokens agree on this prompt.
+    assert without == with_kernels
