@@ -55,17 +55,26 @@ class LoadedModel:
 
 class AsyncLLM:
     def __init__(self, model: str = "smollm2", *, engine: LLMEngine | None = None, **options) -> None:
-        self.engine = engine if engine is not None else LLMEngine.from_options(model, **options)
-        self.tokenizer = self.engine.tokenizer
-        self.chat_template = self.engine.chat_template
         self.model_name = model
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wakeup = threading.Event()
         self._streams: dict[str, _Stream] = {}
         self._dead: BaseException | None = None
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="localllm-engine", daemon=True)
+        self.engine = engine
+        self._loaded = threading.Event()
+        self._load_error: BaseException | None = None
+        # NOTE: the engine thread also loads the model (when not given one): on the CPU, torch's
+        # OpenMP keeps one thread team per thread that ever ran parallel work, and with two teams
+        # on the cores libgomp stops spinning between parallel regions, so every op of a decode
+        # step waits for its workers to wake (measured: single-stream decode ~1.7x slower).
+        self._thread = threading.Thread(target=self._run, args=(model, options), name="localllm-engine", daemon=True)
         self._thread.start()
+        self._loaded.wait()
+        if self._load_error is not None:
+            raise self._load_error
+        self.tokenizer = self.engine.tokenizer
+        self.chat_template = self.engine.chat_template
 
     @classmethod
     def from_engine_args(cls, model: str = "smollm2", **options) -> "AsyncLLM":
@@ -197,7 +206,15 @@ class AsyncLLM:
                     if stream is not None:
                         stream.put(output)
 
-    def _run(self) -> None:
+    def _run(self, model: str, options: dict) -> None:
+        try:
+            if self.engine is None:
+                self.engine = LLMEngine.from_options(model, **options)
+        except BaseException as error:  # noqa: BLE001 - raised again in the constructing thread
+            self._load_error = error
+            return
+        finally:
+            self._loaded.set()
         try:
             while not self._stopping:
                 self._drain_inbox()

@@ -192,3 +192,35 @@ async def test_shutdown(tiny_models):
     assert_engine_idle(engine.engine)
     with pytest.raises(EngineDeadError):
         await collect(engine, {"prompt_token_ids": [5, 6, 7]}, params, "after")
+
+
+def test_the_engine_thread_loads_the_model_and_load_errors_reach_the_caller(monkeypatch, tiny_models):
+    """The model loads on the engine thread (one thread does all of the engine's torch work: a
+    second OpenMP team on the cores makes every CPU op wait for its workers), and a load failure
+    is raised in the thread that made the AsyncLLM."""
+    import threading
+
+    from localllm.engine import async_llm as module
+    from localllm.errors import ModelLoadError
+
+    loaded_on = []
+    real = module.LLMEngine.from_options
+
+    def recording(model, **options):
+        loaded_on.append(threading.current_thread().name)
+        return real(model, **options)
+
+    monkeypatch.setattr(module.LLMEngine, "from_options", staticmethod(recording))
+    path, _ = tiny_models["llama"]
+    llm = AsyncLLM(path, max_model_len=64)
+    try:
+        assert loaded_on == ["localllm-engine"] and llm.is_running
+    finally:
+        llm.shutdown()
+
+    def failing(model, **options):
+        raise ModelLoadError(model, "not a model")
+
+    monkeypatch.setattr(module.LLMEngine, "from_options", staticmethod(failing))
+    with pytest.raises(ModelLoadError, match="not a model"):
+        AsyncLLM("broken")
