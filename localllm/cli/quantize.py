@@ -34,6 +34,9 @@ def quantize(
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per calibration / held-out window.")] = 512,
     act_order: Annotated[bool, typer.Option("--act-order", help="GPTQ: quantize columns by decreasing activation.")] = False,
     sym: Annotated[Optional[bool], typer.Option("--sym/--asym", help="Symmetric grid (gptq default) or zero points.")] = None,
+    fp8_keep: Annotated[Optional[int], typer.Option(
+        "--fp8-keep", help="FP8: decoder linears kept in 16 bits, the most loss-sensitive first "
+                           "(default: an eighth of them; 0: every linear in FP8).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -42,7 +45,8 @@ def quantize(
     from localllm.quant.quantize import QuantizeOptions, prepare
 
     options = QuantizeOptions(method=method, bits=bits, group_size=group_size, sym=sym, act_order=act_order,
-                              num_samples=samples, seq_len=seq_len, calib_file=calib, device=device)
+                              num_samples=samples, seq_len=seq_len, calib_file=calib, device=device,
+                              fp8_keep=fp8_keep)
     try:
         options.validate()
         from localllm.hub.resolve import resolve_model

@@ -33,7 +33,8 @@ def rows_of(gq: GroupQuant, lo: int, hi: int) -> GroupQuant:
 
 def export_layer(index: int, layer: nn.Module, quantized: dict[str, object], fmt: str,
                  dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """quantized: engine linear name -> GroupQuant (awq/gptq) or (fp8 weight, scales [N, 1])."""
+    """quantized: engine linear name -> GroupQuant (awq/gptq), (fp8 weight, scales [N, 1]) or None
+    (left in 16 bits: written as a plain weight)."""
     prefix = f"model.layers.{index}."
     out: dict[str, torch.Tensor] = {}
     for name, param in layer.named_parameters():
@@ -45,7 +46,9 @@ def export_layer(index: int, layer: nn.Module, quantized: dict[str, object], fmt
         bias = getattr(linear, "bias", None)
         for hf_name, lo, hi in hf_parts:
             module = prefix + hf_name
-            if fmt == "fp8":
+            if result is None:  # NOTE: kept in 16 bits; the config's ignore names it (quantization_config)
+                out[f"{module}.weight"] = linear.weight.detach()[lo:hi].to(dtype)
+            elif fmt == "fp8":
                 weight, scales = result
                 out.update(compressed_tensors.write_fp8(module, weight[lo:hi], scales[lo:hi]))
             elif fmt == "awq":
@@ -57,11 +60,21 @@ def export_layer(index: int, layer: nn.Module, quantized: dict[str, object], fmt
     return out
 
 
+def ignored_modules(kept: tuple[str, ...]) -> list[str]:
+    """Engine linear names ("model.layers.3.mlp.gate_up_proj") -> the checkpoint modules they
+    stand for, as compressed-tensors' ignore lists them ("model.layers.3.mlp.gate_proj", ...)."""
+    from localllm.layers.quantized_linear import checkpoint_names
+
+    return [module for name in kept for module in checkpoint_names(name)]
+
+
 def quantization_config(method: str, bits: int, group_size: int, sym: bool, act_order: bool,
-                        damp_percent: float, fp8_weight_only: bool = False) -> dict:
+                        damp_percent: float, fp8_weight_only: bool = False, kept: tuple[str, ...] = ()) -> dict:
     fmt = FORMAT_OF_METHOD[method]
+    if kept and fmt != "fp8":
+        raise ValueError(f"only FP8 keeps linears in 16 bits, not {method}")
     if fmt == "awq":
         return awq.config(bits, group_size)
     if fmt == "gptq":
         return gptq.config(bits, group_size, act_order, sym, damp_percent)
-    return compressed_tensors.fp8_config(["lm_head"], weight_only=fp8_weight_only)
+    return compressed_tensors.fp8_config(["lm_head", *ignored_modules(kept)], weight_only=fp8_weight_only)

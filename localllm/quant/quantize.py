@@ -12,6 +12,7 @@ what is on disk.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ from localllm.errors import LocalLLMError
 METHOD_BITS = {"awq": (4,), "gptq": (2, 4, 8), "fp8": (8,), "rtn": (4,)}
 CALIBRATED = ("awq", "gptq")  # and fp8 with fp8_algorithm "gptq" (QuantizeOptions.calibrated)
 FP8_ALGORITHMS = ("gptq", "mse", "rtn")
+# FP8: the share of decoder linears kept in 16 bits unless fp8_keep says how many (rounded up).
+# SmolLM2-135M (15 of 120): +1.3-1.8% -> +0.5-1.4% perplexity, per run (README, Quantization on the CPU).
+DEFAULT_FP8_KEEP_FRACTION = 0.125
 
 
 class QuantizeError(LocalLLMError):
@@ -53,6 +57,22 @@ class QuantizeOptions:
     # FP8 weight-only (W8A16): no input_activations in the file, activations stay 16-bit. Off by
     # default: the default is FP8_DYNAMIC (per-token e4m3 activations at run time).
     fp8_weight_only: bool = False
+    # FP8: how many decoder linears (as the engine fuses them: q/k/v together, gate/up together)
+    # stay in 16 bits, the most sensitive by quant.sensitivity's Fisher-weighted estimate; written
+    # in the config's `ignore`. None: DEFAULT_FP8_KEEP_FRACTION of them; 0: every linear in FP8.
+    fp8_keep: int | None = None
+
+    def fp8_keep_count(self, num_linears: int) -> int:
+        """Linears to keep in 16 bits for a model with num_linears decoder linears (0 unless fp8)."""
+        if self.method != "fp8":
+            return 0
+        if self.fp8_keep is None:
+            return math.ceil(num_linears * DEFAULT_FP8_KEEP_FRACTION)
+        return self.fp8_keep
+
+    @property
+    def needs_calibration_text(self) -> bool:
+        return self.calibrated or (self.method == "fp8" and self.fp8_keep != 0)
 
     @property
     def calibrated(self) -> bool:
@@ -78,6 +98,10 @@ class QuantizeOptions:
             raise QuantizeError("awq is asymmetric (zero points); use --method rtn or gptq for symmetric grids")
         if self.fp8_algorithm not in FP8_ALGORITHMS:
             raise QuantizeError(f"unknown fp8 algorithm {self.fp8_algorithm!r}: choose one of {', '.join(FP8_ALGORITHMS)}")
+        if self.fp8_keep is not None and (isinstance(self.fp8_keep, bool) or not isinstance(self.fp8_keep, int)
+                                          or self.fp8_keep < 0 or (self.method != "fp8" and self.fp8_keep)):
+            raise QuantizeError(f"--fp8-keep must be a number of linears >= 0 with --method fp8, got {self.fp8_keep!r}"
+                                + ("" if self.method == "fp8" else f" with --method {self.method}"))
         if self.method != "fp8" and self.group_size < 1:
             raise QuantizeError(f"group size must be a positive number of input channels, got {self.group_size}")
         if self.num_samples < 1 or self.seq_len < 16 or self.num_heldout < 1:
@@ -85,11 +109,16 @@ class QuantizeOptions:
         if self.calib_file is not None and not os.path.isfile(self.calib_file):
             raise QuantizeError(f"calibration file {self.calib_file!r} not found")
 
-    def scheme_name(self) -> str:
+    def scheme_name(self, num_kept: int | None = None) -> str:
+        """num_kept: FP8 linears left in 16 bits, once known (None: say how they are chosen)."""
         if self.method == "fp8":
             how = {"gptq": "GPTQ", "mse": "round-to-nearest, MSE scales"}.get(self.fp8_algorithm, "round-to-nearest")
             acts = "16-bit activations, weight-only" if self.fp8_weight_only else "per-token activations"
-            return f"fp8 e4m3 {how} (per-channel weights, {acts})"
+            if num_kept is None:
+                kept = "" if self.fp8_keep == 0 else ", the most sensitive linears 16-bit"
+            else:
+                kept = f", {num_kept} most sensitive linears 16-bit" if num_kept else ""
+            return f"fp8 e4m3 {how} (per-channel weights, {acts}{kept})"
         grid = "sym" if self.resolved_sym else "asym"
         order = ", act-order" if self.act_order else ""
         return f"{self.method} int{self.resolved_bits} g{self.group_size} {grid}{order}"
@@ -102,9 +131,15 @@ def _check_model(checkpoint, options: QuantizeOptions) -> None:
     if raw is not None:
         method = raw.get("quant_method", "unknown")
         raise QuantizeError(f"{checkpoint.path} is already quantized ({method}): quantize its 16-bit original")
-    if options.method == "fp8":
-        return
     config = checkpoint.hf_config
+    if options.method == "fp8":
+        from localllm.quant.layerwise import LINEARS
+
+        num_linears = config.num_hidden_layers * len(LINEARS)
+        if options.fp8_keep_count(num_linears) > num_linears:
+            raise QuantizeError(f"fp8_keep {options.fp8_keep} is more than the model's {num_linears} decoder linears "
+                                f"({config.num_hidden_layers} layers x {len(LINEARS)}, q/k/v and gate/up fused)")
+        return
     from localllm.models.registry import kv_cache_spec
 
     _, _, head_dim = kv_cache_spec(config)
@@ -158,12 +193,14 @@ def prepare(model: str, out_dir: str, options: QuantizeOptions) -> QuantizeJob:
     checkpoint = load_checkpoint(model)
     _check_model(checkpoint, options)
     tokenizer = checkpoint.tokenizer
-    calibrated = options.calibrated
+    from localllm.quant.sensitivity import SENSITIVITY_WINDOWS
+
+    num_samples = options.num_samples if options.calibrated else min(options.num_samples, SENSITIVITY_WINDOWS)
     try:
         calibration = load_calibration(
             lambda text: tokenizer(text, add_special_tokens=False)["input_ids"],
-            options.num_samples if calibrated else 1, options.seq_len, options.num_heldout,
-            options.calib_file if calibrated else None)
+            num_samples if options.needs_calibration_text else 1, options.seq_len, options.num_heldout,
+            options.calib_file if options.needs_calibration_text else None)
     except CalibrationError as e:
         raise QuantizeError(str(e)) from None
     if calibration.heldout.shape[0] == 0:
@@ -181,7 +218,8 @@ def run_job(job: QuantizeJob, on_layer: Callable[[int, int], None] | None = None
     try:
         with CheckpointWriter(job.out_dir, options.max_shard_bytes) as writer:
             run = run_layers(checkpoint, job.calibration, options, job.device, writer, on_layer)
-            writer.finish(_output_config(checkpoint, options, run.out_dtype), tokenizer=_tokenizer_to_save(checkpoint),
+            writer.finish(_output_config(checkpoint, options, run.out_dtype, run.kept),
+                          tokenizer=_tokenizer_to_save(checkpoint),
                           tokenizer_dir=checkpoint.path if checkpoint.format == "safetensors" else None,
                           generation_config=checkpoint.generation_config or None)
             writer.publish()
@@ -204,7 +242,7 @@ def _tokenizer_to_save(checkpoint):
     return tokenizer
 
 
-def _output_config(checkpoint, options: QuantizeOptions, dtype: torch.dtype) -> dict:
+def _output_config(checkpoint, options: QuantizeOptions, dtype: torch.dtype, kept: tuple[str, ...] = ()) -> dict:
     from localllm.quant.export import quantization_config
 
     config_path = os.path.join(checkpoint.path, "config.json")
@@ -219,7 +257,7 @@ def _output_config(checkpoint, options: QuantizeOptions, dtype: torch.dtype) -> 
             config[key] = dtype_name
     config["quantization_config"] = quantization_config(
         options.method, options.resolved_bits, options.group_size, options.resolved_sym, options.act_order,
-        options.damp_percent, options.fp8_weight_only)
+        options.damp_percent, options.fp8_weight_only, kept)
     return config
 
 
@@ -238,14 +276,21 @@ def _report(model, out_dir, checkpoint, calibration, options, run, device, secon
     disk = sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir) if f.endswith(".safetensors"))
     windows, length = calibration.heldout.shape
     return QuantizeReport(
-        model=model, out_dir=out_dir, scheme=options.scheme_name(),
+        model=model, out_dir=out_dir, scheme=options.scheme_name(len(run.kept)),
         ppl_original=perplexity(run.original_nll), ppl_quantized=perplexity(nll),
         top1_agreement=float((top1 == run.original_top1).float().mean()),
         eval_windows=windows, eval_tokens=windows * length,
         disk_original=run.source_bytes, disk_quantized=disk,
         memory_original_16bit=2 * run.num_params, memory_quantized=memory, memory_device=str(device),
-        calib_samples=calibration.samples.shape[0] if options.calibrated else 0,
+        calib_samples=calibration.samples.shape[0] if options.needs_calibration_text else 0,
         calib_seq_len=options.seq_len, calib_source=calibration.source,
         peak_memory=run.peak_memory, largest_layer=run.largest_layer, num_layers=run.num_layers,
         seconds=seconds + 0.0,
+        linears_16bit=len(run.kept), linears_total=run.num_linears, bytes_16bit=_kept_bytes(engine_model, run.kept),
+        kept=list(run.kept),
     )
+
+
+def _kept_bytes(engine_model, kept: tuple[str, ...]) -> int:
+    """Bytes the kept linears' weights take at 16 bits (2 per weight)."""
+    return sum(2 * engine_model.get_submodule(name).weight.numel() for name in kept)

@@ -39,6 +39,18 @@ class QuantizeReport:
     largest_layer: int  # one decoder layer's float32 weights, bytes
     num_layers: int
     seconds: float
+    linears_16bit: int = 0  # FP8: decoder linears (as the engine fuses them) left in 16 bits
+    linears_total: int = 0
+    bytes_16bit: int = 0  # those linears' weights at 2 bytes each
+    kept: list[str] | None = None  # their engine names, most sensitive first
+
+    def _kept_note(self, short: bool = False) -> str:
+        if not self.linears_16bit:
+            return ""
+        if short:
+            return f" [{self.linears_16bit} of {self.linears_total} linears 16-bit]"
+        return (f"; {self.linears_16bit} of {self.linears_total} linears kept 16-bit "
+                f"({human_bytes(self.bytes_16bit)} of weights)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,14 +63,14 @@ class QuantizeReport:
             f"quality on held-out text ({self.eval_windows} x {self.eval_tokens // max(self.eval_windows, 1)} tokens "
             "of pydoc_data.topics, never used to calibrate):",
             f"  perplexity       original {self.ppl_original:.3f}  ->  {self.scheme} {self.ppl_quantized:.3f} "
-            f"({change:+.2f}%)",
+            f"({change:+.2f}%){self._kept_note(short=True)}",
             f"  top-1 agreement  {self.top1_agreement * 100:.1f}% of {self.eval_tokens - self.eval_windows} "
             "next-token predictions",
             "size:",
             f"  on disk          {human_bytes(self.disk_original)} (source files)  ->  "
             f"{human_bytes(self.disk_quantized)} ({self.disk_quantized / max(self.disk_original, 1):.2f}x)",
             f"  in memory        {human_bytes(self.memory_original_16bit)} at 16 bits  ->  "
-            f"{human_bytes(self.memory_quantized)} as loaded on {self.memory_device}",
+            f"{human_bytes(self.memory_quantized)} as loaded on {self.memory_device}{self._kept_note()}",
             f"calibration: {calib}; peak memory {human_bytes(self.peak_memory)} "
             f"(one layer: {human_bytes(self.largest_layer)} float32, {self.num_layers} layers); "
             f"{self.seconds:.1f} s",

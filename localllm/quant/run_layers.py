@@ -17,9 +17,10 @@ from localllm.quant.evaluate import nll_and_top1
 from localllm.quant.export import FORMAT_OF_METHOD, export_layer
 from localllm.quant.fp8 import gptq_fp8, mse_scales, quantize_fp8_rows
 from localllm.quant.gptq import gptq_quantize
-from localllm.quant.layerwise import LINEARS, InputObserver, LayerRunner
+from localllm.quant.layerwise import LINEARS, InputObserver, LayerRunner, layer_prefix
 from localllm.quant.memory import PeakMemory, release_freed_memory
 from localllm.quant.rtn import quantize_fp8, quantize_groups
+from localllm.quant.sensitivity import SENSITIVITY_WINDOWS, fp8_sensitivity
 from localllm.quant.weights import open_weights
 
 
@@ -33,6 +34,8 @@ class LayerRun:
     peak_memory: int | None
     largest_layer: int
     num_layers: int
+    kept: tuple[str, ...] = ()  # FP8: engine linears left in 16 bits (quant.sensitivity), most sensitive first
+    num_linears: int = 0  # decoder linears as the engine fuses them
 
 
 def _source_bytes(checkpoint) -> int:
@@ -42,17 +45,19 @@ def _source_bytes(checkpoint) -> int:
                if f.endswith(".safetensors"))
 
 
-def _quantize_layer(layer, runner: LayerRunner, calib: torch.Tensor, options, device) -> tuple[dict, torch.Tensor]:
-    """Quantize one loaded layer; returns (engine linear name -> result, the calibration stream
-    for the next layer)."""
+def _quantize_layer(layer, runner: LayerRunner, calib: torch.Tensor, options, device,
+                    keep: frozenset[str] = frozenset()) -> tuple[dict, torch.Tensor]:
+    """Quantize one loaded layer; returns (engine linear name -> result, None for a linear named
+    in keep: it stays 16-bit; the calibration stream for the next layer)."""
     method, bits, group = options.method, options.resolved_bits, options.group_size
-    linears = {name: layer.get_submodule(name) for name in LINEARS}
+    linears = {name: layer.get_submodule(name) for name in LINEARS if name not in keep}
+    kept = dict.fromkeys(keep)
     if method == "fp8" and options.fp8_algorithm == "rtn":
-        return {name: quantize_fp8(m.weight.data) for name, m in linears.items()}, calib
+        return {**kept, **{name: quantize_fp8(m.weight.data) for name, m in linears.items()}}, calib
     if method == "fp8" and options.fp8_algorithm == "mse":
         scales = {name: mse_scales(m.weight.data) for name, m in linears.items()}
-        return {name: (quantize_fp8_rows(m.weight.data, scales[name]), scales[name])
-                for name, m in linears.items()}, calib
+        return {**kept, **{name: (quantize_fp8_rows(m.weight.data, scales[name]), scales[name])
+                           for name, m in linears.items()}}, calib
     if method == "rtn":
         return {name: quantize_groups(m.weight.data, bits, group, options.resolved_sym) for name, m in linears.items()}, calib
     if method == "awq":
@@ -71,7 +76,7 @@ def _quantize_layer(layer, runner: LayerRunner, calib: torch.Tensor, options, de
         runner.forward(layer, calib)
     finally:
         observer.close()
-    results = {}
+    results = dict(kept)
     for name, module in linears.items():
         if method == "fp8":
             q, scales = gptq_fp8(module.weight.data, observer.hessian_of(name), damp_percent=options.damp_percent)
@@ -105,15 +110,18 @@ def run_layers(checkpoint, calibration, options, device: torch.device, writer,
         calibrated = options.calibrated
         calib = F.embedding(calibration.samples.to(device), table) if calibrated else None
         heldout = F.embedding(calibration.heldout.to(device), table)
-        del table
         runner = LayerRunner(config, source, device, options.seq_len, options.batch_windows)
+        num_kept = options.fp8_keep_count(num_layers * len(LINEARS))
+        kept = _most_sensitive(config, source, runner, calibration, options, num_kept, table) if num_kept else ()
+        del table
         for i in range(num_layers):
             layer = runner.load(i)
             layer_params = sum(p.numel() for name, p in layer.named_parameters())
             num_params += layer_params
             largest = max(largest, 4 * layer_params)
             heldout = runner.forward(layer, heldout)
-            results, calib = _quantize_layer(layer, runner, calib, options, device)
+            keep = frozenset(n[len(layer_prefix(i)):] for n in kept if n.startswith(layer_prefix(i)))
+            results, calib = _quantize_layer(layer, runner, calib, options, device, keep)
             writer.add(export_layer(i, layer, results, FORMAT_OF_METHOD[options.method], out_dtype))
             del results, layer
             release_freed_memory()
@@ -122,7 +130,7 @@ def run_layers(checkpoint, calibration, options, device: torch.device, writer,
         del calib
         norm = source.get("model.norm.weight")
         writer.add({"model.norm.weight": norm.to(out_dtype)})
-        tied = bool(getattr(config, "tie_word_embeddings", False)) or "lm_head.weight" not in source.names()
+        tied = _tied(config, source)
         head = source.get("model.embed_tokens.weight" if tied else "lm_head.weight")
         if not tied:
             writer.add({"lm_head.weight": head.to(out_dtype)})
@@ -137,4 +145,21 @@ def run_layers(checkpoint, calibration, options, device: torch.device, writer,
             tops.append(top)
         peak_bytes = peak.peak_bytes()
     return LayerRun(torch.stack(nlls), torch.stack(tops), out_dtype, num_params, _source_bytes(checkpoint),
-                    peak_bytes, largest, num_layers)
+                    peak_bytes, largest, num_layers, tuple(kept), num_layers * len(LINEARS))
+
+
+def _tied(config, source) -> bool:
+    return bool(getattr(config, "tie_word_embeddings", False)) or "lm_head.weight" not in source.names()
+
+
+def _most_sensitive(config, source, runner: LayerRunner, calibration, options, num_kept: int,
+                    table: torch.Tensor) -> tuple[str, ...]:
+    """FP8: the num_kept engine linears whose rounding costs the calibration loss
+    most (quant.sensitivity), most sensitive first."""
+    device = table.device
+    norm = source.get("model.norm.weight").float().to(device)
+    head = table if _tied(config, source) else source.get("lm_head.weight").float().to(device)
+    windows = calibration.samples[:SENSITIVITY_WINDOWS]
+    ranked = fp8_sensitivity(runner, windows, table, norm, head, config.rms_norm_eps, config.num_hidden_layers,
+                             round_inputs=not options.fp8_weight_only)
+    return tuple(s.name for s in ranked[:num_kept])

@@ -57,6 +57,8 @@ def test_report_text_names_what_was_given_up(tiny, tmp_path):
     (["--method", "fp8", "--bits", "4"], "fp8 cannot hold 4-bit weights"),
     (["--method", "awq", "-g", "48"], "group size 48 does not divide the 64 input features"),
     (["--method", "gptq", "--calib", "/nonexistent/calib.txt"], "calibration file '/nonexistent/calib.txt' not found"),
+    (["--method", "fp8", "--fp8-keep", "-1"], "--fp8-keep must be a number of linears >= 0 with --method fp8, got -1"),
+    (["--method", "gptq", "--fp8-keep", "2"], "--fp8-keep must be a number of linears >= 0 with --method fp8, got 2"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tiny, tmp_path, args, message):
     out = tmp_path / "out"
@@ -65,6 +67,23 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny, tmp_path, args, message)
     assert message in result.output
     assert result.output.strip().count("\n") == 0, result.output  # one line
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("keep", [0, 2])
+def test_fp8_keep_leaves_that_many_linears_dense(tiny, tmp_path, keep):
+    out = tmp_path / f"keep{keep}"
+    result = quantize(tiny, "--method", "fp8", "--fp8-keep", str(keep), "--seq-len", "64", "-o", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["linears_16bit"] == len(report["kept"]) == keep
+    ignore = set(json.loads((out / "config.json").read_text())["quantization_config"].get("ignore") or [])
+    # Each kept linear is in `ignore` under its checkpoint names (a fused qkv_proj as q, k and v).
+    expected = {"lm_head"}
+    for name in report["kept"]:
+        parts = ("q_proj", "k_proj", "v_proj") if name.endswith("qkv_proj") else (
+            ("gate_proj", "up_proj") if name.endswith("gate_up_proj") else (name.rsplit(".", 1)[1],))
+        expected |= {f"{name.rsplit('.', 1)[0]}.{part}" for part in parts}
+    assert ignore == expected
 
 
 def test_already_quantized_input_is_refused(tiny, tmp_path):

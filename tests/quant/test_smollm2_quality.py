@@ -1,6 +1,7 @@
 """The quality claims on a real model, SmolLM2-135M-Instruct (its GGUF's weights, dequantized, are
 the "original"): AWQ and GPTQ beat round-to-nearest at the same bits and group size on held-out
-text; FP8 with GPTQ beats FP8 rounding (its 1% target is not reachable on this model: README).
+text; FP8 with GPTQ beats FP8 rounding; FP8 by default (the most sensitive 1/8 of the linears kept
+in 16 bits) beats FP8 everywhere, though its 1% target is met only in some runs (README).
 Opt-in (LOCALLLM_QUANT_SMOLLM2=1): calibrating 30 layers takes minutes on a 2-core CPU, too long
 for every CI run; the tiny-model tests cover the same claims."""
 
@@ -40,17 +41,32 @@ def test_gptq_beats_rtn_on_smollm2(run):
     assert run("gptq", method="gptq").ppl_quantized < run("rtn-sym", method="rtn", sym=True).ppl_quantized
 
 
-@pytest.mark.xfail(reason="not reachable on SmolLM2-135M: per-token e4m3 activations alone cost +0.91%; "
-                          "GPTQ FP8 measures +1.52% (README, Quantization on the CPU)", strict=False)
+@pytest.mark.xfail(reason="met only in some runs on SmolLM2-135M: per-token e4m3 rounding moves these figures "
+                          "by ~0.4 points with float-op order; 15 linears kept measured +0.52% and +0.60% with "
+                          "16 calibration windows, +1.39% and +1.07% with 32 (README)", strict=False)
 def test_fp8_within_one_percent_on_smollm2(run):
     report = run("fp8", method="fp8")
     assert abs(report.ppl_quantized / report.ppl_original - 1) < 0.01
 
 
+def test_fp8_default_keeps_the_most_sensitive_linears_and_gains(run):
+    """15 of 120 linears 16-bit, under a fifth of the linear weight bytes (measured 18.9%), and
+    better than every linear in FP8: measured +0.52% against +1.78%."""
+    report, every = run("fp8", method="fp8"), run("fp8-all", method="fp8", fp8_keep=0)
+    assert report.linears_16bit == 15 and report.linears_total == 120 and every.linears_16bit == 0
+    assert report.kept[:2] == ["model.layers.29.mlp.down_proj", "model.layers.29.mlp.gate_up_proj"]
+    linear_weights = 30 * (576 * 960 + 576 * 576 + 576 * 3072 + 1536 * 576)  # qkv, o, gate_up, down
+    assert report.bytes_16bit < 0.2 * 2 * linear_weights
+    assert report.ppl_quantized < every.ppl_quantized
+
+
 def test_fp8_gptq_beats_fp8_rounding_on_smollm2(run):
-    """What GPTQ on the e4m3 grid buys: measured +3.16% -> +1.52%; asserted with room for the
-    ~0.2-point noise of per-token rounding."""
-    gptq, rtn = run("fp8", method="fp8"), run("fp8-rtn", method="fp8", fp8_algorithm="rtn")
+    """What GPTQ on the e4m3 grid buys, every linear in FP8. Per-token rounding makes these figures
+    move with the order of float operations: measured +3.16% -> +1.32% with the pure-torch
+    kernels, +2.49% -> +1.78% with the C CPU kernels (LOCALLLM_KERNELS=auto, the engine's
+    default since they came), so only the order is asserted."""
+    gptq = run("fp8-all", method="fp8", fp8_keep=0)
+    rtn = run("fp8-rtn", method="fp8", fp8_algorithm="rtn", fp8_keep=0)
     assert gptq.calib_samples == SETTINGS["num_samples"] and rtn.calib_samples == 0
     assert gptq.ppl_quantized / gptq.ppl_original - 1 < 0.02
-    assert gptq.ppl_quantized < rtn.ppl_quantized * 0.99
+    assert gptq.ppl_quantized < rtn.ppl_quantized
