@@ -155,7 +155,7 @@ def test_default_and_bad_values():
     assert "the most sensitive linears 16-bit" in QuantizeOptions(method="fp8").scheme_name()
     assert "16-bit" not in QuantizeOptions(method="fp8", fp8_keep=0).scheme_name()
     assert "15 most sensitive linears 16-bit" in QuantizeOptions(method="fp8").scheme_name(15)
-    for bad, needle in ((-1, "fp8_keep"), (True, "fp8_keep"), (2.5, "fp8_keep")):
+    for bad, needle in ((-1, "--fp8-keep"), (True, "--fp8-keep"), (2.5, "--fp8-keep")):
         with pytest.raises(QuantizeError, match=needle):
             QuantizeOptions(method="fp8", fp8_keep=bad).validate()
     with pytest.raises(QuantizeError, match="--method gptq"):
