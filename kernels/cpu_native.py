@@ -1,8 +1,9 @@
-"""The CPU decode kernels of cpu/decode_ops.c: built once per machine with the system C compiler,
-loaded through ctypes, called with tensors' data pointers.
+"""The CPU kernels of cpu/ (decode_ops.c: the small ops of a decode step; decode_attention.c;
+qgemm.c: the quantized-weight GEMM, wrapped by cpu_qgemm.py): built once per machine with the system
+C compiler into one library, loaded through ctypes, called with tensors' data pointers.
 
-The library is compiled for the host CPU (-march=native, about 0.2 s) into
-$LOCALLLM_HOME/cpu_kernels/<key>.so, the key hashing the source, the flags, the compiler and the
+The library is compiled for the host CPU (-march=native, OpenMP, about 3 s) into
+$LOCALLLM_HOME/cpu_kernels/<key>.so, the key hashing the sources, the flags, the compiler and the
 CPU's feature flags: a later process loads it in milliseconds, and a home shared between
 different machines never loads a build for another CPU. With no compiler, a failed build, or
 LOCALLLM_CPU_KERNELS=0, `library()` is None and ops use the torch reference instead.
@@ -28,8 +29,14 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).parent / "cpu" / "decode_ops.c"
+_SOURCES = tuple(Path(__file__).parent / "cpu" / name for name in ("decode_ops.c", "decode_attention.c", "qgemm.c"))
+_HEADERS = (Path(__file__).parent / "cpu" / "common.h",)
 _FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared")
+# NOTE: OpenMP links libgomp.so.1, the soname of the copy torch ships and has already loaded, so the
+# kernels' parallel regions run on torch's own thread team (two teams on one core set make libgomp
+# stop spinning between regions: every op then waits for its threads to wake). A compiler without
+# OpenMP builds the same source serially (the pragmas are ignored).
+_OPENMP_FLAGS = ("-fopenmp",)
 _P, _I64, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _SIGNATURES = {
     "rms_norm": ([_P, _I64, _P, _I64, _P, _P, _P, _I64, _I64, _F32], None),
@@ -42,8 +49,12 @@ _SIGNATURES = {
     "quantize_int8_groups_f32": ([_P, _I64, _I64, _P, _P, _I64, _I64, _I64], None),
     # the decode fast path (localllm/worker/cpu_decode.py)
     "add_rms_norm_step": ([_P, ctypes.c_int, _I64, _P, _P, ctypes.c_int, _P, _P, _P, _I64, _I64, _F32], ctypes.c_int),
-    "silu_and_mul_step": ([_P, _I64, _P, _P, _I64, _I64], ctypes.c_int),
-    "attention_step": ([_P, _I64, _P, _P, _P, _I64, _P, _I64, _P, _P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I64,
+    "silu_and_mul_step": ([_P, ctypes.c_int, _I64, _P, _P, _I64, _I64], ctypes.c_int),
+    # quantized-weight GEMM (cpu/qgemm.c, wrapped by cpu_qgemm.py)
+    "qgemm_available": ([], ctypes.c_int),
+    "qgemm_int4": ([_P, _I64, _P, _P, _P, ctypes.c_int, _I64, _I64, _I64, _I64, _I64, ctypes.c_int], ctypes.c_int),
+    "qgemm_int8": ([_P, _I64, _P, _P, _P, ctypes.c_int, _I64, _I64, _I64, _I64, _I64, ctypes.c_int], ctypes.c_int),
+    "attention_step": ([_P, ctypes.c_int, _I64, _P, _P, _P, _I64, _P, _I64, _P, _P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I64,
                         _F32], ctypes.c_int),
 }
 
@@ -65,7 +76,8 @@ def _build(compiler: str) -> Path:
 
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256(
-        "\0".join([_SOURCE.read_text(), " ".join(_FLAGS), version, platform.machine(), _cpu_flags()]).encode()
+        "\0".join([*(source.read_text() for source in _SOURCES + _HEADERS), " ".join(_FLAGS + _OPENMP_FLAGS), version,
+                   platform.machine(), _cpu_flags()]).encode()
     ).hexdigest()[:20]
     directory = localllm_home() / "cpu_kernels"
     target = directory / f"decode_ops-{key}.so"
@@ -76,8 +88,14 @@ def _build(compiler: str) -> Path:
     fd, partial = tempfile.mkstemp(suffix=".so", dir=directory)
     os.close(fd)
     try:
-        subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", partial, "-lm"], check=True, capture_output=True,
-                       text=True, timeout=120)
+        sources = [str(source) for source in _SOURCES]
+        try:
+            subprocess.run([compiler, *_FLAGS, *_OPENMP_FLAGS, *sources, "-o", partial, "-lm"], check=True,
+                           capture_output=True, text=True, timeout=120)
+        except subprocess.CalledProcessError:
+            logger.info("building the CPU kernels with OpenMP failed: building them single-threaded")
+            subprocess.run([compiler, *_FLAGS, *sources, "-o", partial, "-lm"], check=True, capture_output=True,
+                           text=True, timeout=120)
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):

@@ -1,4 +1,5 @@
-/* CPU kernels for the small ops of a decode step, float32, single-threaded.
+/* CPU kernels for the small ops of a decode step, float32. The decode-path steps split their rows
+ * across OpenMP threads (each row computed by one thread, so its bits never depend on the split).
  *
  * Why: on the CPU a decode step of a small model is bound by op count, not arithmetic. Each torch
  * op costs a few microseconds of dispatch; attention alone (gather, views, SDPA) took ~75 us per
@@ -18,81 +19,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LANES 16 /* independent partial sums: one AVX-512 register of floats */
-
-static inline float dot(const float *a, const float *b, int64_t n) {
-    float acc[LANES] = {0};
-    int64_t j = 0;
-    for (; j + LANES <= n; j += LANES)
-        for (int l = 0; l < LANES; l++) acc[l] += a[j + l] * b[j + l];
-    for (int width = LANES / 2; width > 0; width /= 2) /* a tree: shuffles, not 16 scalar adds */
-        for (int l = 0; l < width; l++) acc[l] += acc[l + width];
-    float s = acc[0];
-    for (; j < n; j++) s += a[j] * b[j];
-    return s;
-}
+#include "common.h"
 
 static inline float sum_of_squares(const float *a, int64_t n) { return dot(a, a, n); }
 
-static inline float sum(const float *a, int64_t n) {
-    float acc[LANES] = {0};
-    int64_t j = 0;
-    for (; j + LANES <= n; j += LANES)
-        for (int l = 0; l < LANES; l++) acc[l] += a[j + l];
-    float s = 0.0f;
-    for (int l = 0; l < LANES; l++) s += acc[l];
-    for (; j < n; j++) s += a[j];
-    return s;
-}
 
-/* min and max of n values at stride `stride`; 16 lanes when contiguous (vectorizes: the float
- * comparisons below are exactly vminps / vmaxps). */
-static inline void min_max(const float *src, int64_t n, int64_t stride, float *low_out, float *high_out) {
-    float low = src[0], high = src[0];
-    int64_t j = 0;
-    if (stride == 1 && n >= LANES) {
-        float lo[LANES], hi[LANES];
-        for (int l = 0; l < LANES; l++) lo[l] = hi[l] = src[l];
-        for (j = LANES; j + LANES <= n; j += LANES)
-            for (int l = 0; l < LANES; l++) {
-                const float v = src[j + l];
-                lo[l] = v < lo[l] ? v : lo[l];
-                hi[l] = v > hi[l] ? v : hi[l];
-            }
-        for (int l = 0; l < LANES; l++) {
-            low = lo[l] < low ? lo[l] : low;
-            high = hi[l] > high ? hi[l] : high;
-        }
-    }
-    for (; j < n; j++) {
-        const float v = src[j * stride];
-        low = v < low ? v : low;
-        high = v > high ? v : high;
-    }
-    *low_out = low;
-    *high_out = high;
-}
-
-
-/* bfloat16 <-> float32 as torch converts: widening is exact; narrowing rounds to nearest even.
- * Bit casts through memcpy: the loops over them vectorize. */
-static inline float bf16_to_f32(uint16_t v) {
-    const uint32_t u = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static inline uint16_t f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : rounded); /* NaN stays NaN */
-}
-
-/* dst[j] = float32(src[j]) (+ bias[j]) for j < n. */
-static void widen_row(const uint16_t *src, const float *bias, float *dst, int64_t n) {
-    for (int64_t j = 0; j < n; j++) dst[j] = bf16_to_f32(src[j]);
+/* dst[j] = float32(src[j]) (+ bias[j]) for j < n; src is bfloat16 when src_is_bf16, else float32
+ * (a matmul's output: torch's int4 kernel gives bfloat16, cpu/qgemm.c float32). */
+static void load_row(const void *src, int src_is_bf16, const float *bias, float *dst, int64_t n) {
+    if (src_is_bf16)
+        for (int64_t j = 0; j < n; j++) dst[j] = bf16_to_f32(((const uint16_t *)src)[j]);
+    else
+        memcpy(dst, src, sizeof(float) * (size_t)n);
     if (bias != NULL)
         for (int64_t j = 0; j < n; j++) dst[j] = dst[j] + bias[j];
 }
@@ -109,27 +47,6 @@ void round_to_bf16(const float *x, uint16_t *out, int64_t n) {
 /* The 1/rms of one row, as the reference computes it: 1 / sqrt(mean(h^2) + eps). */
 static inline float inverse_rms(const float *h, int64_t hidden, float eps) {
     return 1.0f / sqrtf(sum_of_squares(h, hidden) / (float)hidden + eps);
-}
-
-/* e^x within 2.5e-7 relative (a few ulp), branch-free so that loops over it vectorize (libm's
- * expf is a call per element: 1536 of them per layer and token in SiLU alone). Cody-Waite
- * reduction x = n ln2 + r, |r| <= ln2 / 2, a degree-6 Taylor polynomial for e^r, and 2^n built in
- * the exponent bits. Inputs are clamped to [-87.3, 88]: below, the result is ~1e-38 instead of a
- * subnormal or 0 (softmax weights and SiLU gates that small change nothing in float32 sums);
- * above, e^x is within a factor 2 of float32's largest. */
-static inline float exp_approx(float x) {
-    x = x < -87.3f ? -87.3f : (x > 88.0f ? 88.0f : x);
-    const float n = rintf(x * 1.44269504088896341f);
-    const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    union { uint32_t u; float f; } scale = {.u = (uint32_t)((int32_t)n + 127) << 23};
-    return p * scale.f;
 }
 
 static inline float silu_times(float gate, float up) { return gate / (1.0f + exp_approx(-gate)) * up; }
@@ -200,60 +117,11 @@ void store_kv(const float *key, int64_t key_stride, const float *value, int64_t 
     }
 }
 
-/* One query token per sequence, at its last position: out[s, h] = softmax(q[s, h] . K^T * scale) V
- * over positions 0 .. seq_lens[s] - 1 of sequence s, read through its block table row. Query head
- * h reads kv head h / (Hq / Hkv). q [S, Hq, D] with row stride q_stride; out [S, Hq, D] contiguous.
- * A sequence of length 0 gives zeros. Returns 0, or -1 when the scratch cannot be allocated. */
+/* decode_attention lives in decode_attention.c (one query token per sequence over the paged cache). */
 int decode_attention(const float *q, int64_t q_stride, const float *kv_cache, int64_t num_slots,
                      const int32_t *block_table, int64_t block_table_stride, const int32_t *seq_lens, float *out,
                      int64_t num_seqs, int64_t q_heads, int64_t kv_heads, int64_t head_size, int64_t block_size,
-                     float scale) {
-    const int64_t group = q_heads / kv_heads, width = kv_heads * head_size;
-    const float *keys = kv_cache, *values = kv_cache + num_slots * width;
-    int64_t longest = 0;
-    for (int64_t s = 0; s < num_seqs; s++) longest = seq_lens[s] > longest ? seq_lens[s] : longest;
-    float *scores = malloc(sizeof(float) * (size_t)(group * (longest > 0 ? longest : 1)));
-    int64_t *slot_of = malloc(sizeof(int64_t) * (size_t)(longest > 0 ? longest : 1));
-    if (scores == NULL || slot_of == NULL) {
-        free(scores);
-        free(slot_of);
-        return -1;
-    }
-    for (int64_t s = 0; s < num_seqs; s++) {
-        const int64_t length = seq_lens[s];
-        const int32_t *blocks = block_table + s * block_table_stride;
-        for (int64_t p = 0; p < length; p++) slot_of[p] = (int64_t)blocks[p / block_size] * block_size + p % block_size;
-        for (int64_t kvh = 0; kvh < kv_heads; kvh++) {
-            const float *qs = q + s * q_stride + kvh * group * head_size;
-            float *os = out + (s * q_heads + kvh * group) * head_size;
-            memset(os, 0, sizeof(float) * (size_t)(group * head_size));
-            if (length == 0) continue;
-            /* scores: each key row is read once for the group's query heads */
-            for (int64_t p = 0; p < length; p++) {
-                const float *key = keys + slot_of[p] * width + kvh * head_size;
-                for (int64_t g = 0; g < group; g++) scores[g * length + p] = dot(qs + g * head_size, key, head_size) * scale;
-            }
-            for (int64_t g = 0; g < group; g++) {
-                float *row = scores + g * length, low, top;
-                min_max(row, length, 1, &low, &top);
-                for (int64_t p = 0; p < length; p++) row[p] = exp_approx(row[p] - top);
-                const float norm = 1.0f / sum(row, length);
-                for (int64_t p = 0; p < length; p++) row[p] *= norm;
-            }
-            for (int64_t p = 0; p < length; p++) {
-                const float *value = values + slot_of[p] * width + kvh * head_size;
-                for (int64_t g = 0; g < group; g++) {
-                    const float weight = scores[g * length + p];
-                    float *o = os + g * head_size;
-                    for (int64_t d = 0; d < head_size; d++) o[d] += weight * value[d];
-                }
-            }
-        }
-    }
-    free(scores);
-    free(slot_of);
-    return 0;
-}
+                     float scale);
 
 /* ------------------------------------------------------------------ the decode fast path
  * The steps of one decoder layer between its int4 matmuls (which take and give bfloat16), each
@@ -261,56 +129,66 @@ int decode_attention(const float *q, int64_t q_stride, const float *kv_cache, in
  * torch's dtype conversions (x.to(bfloat16) before an int4 matmul, .to(float32) and the bias
  * after it), in the same order, so both paths give the same bits. */
 
-/* h = x [+ bias] [+ residual] (x float32 with no bias, or bfloat16 with an optional float32
- * bias), written to residual [rows, hidden]; then the RMSNorm of h, to out_bf16 or out_f32 (one of
- * them). Returns 0, or -1 when scratch memory cannot be allocated. */
+/* h = x [+ bias] [+ residual] (x float32 or bfloat16, bias float32), written to residual
+ * [rows, hidden]; then the RMSNorm of h, to out_bf16 or out_f32 (one of them). Returns 0, or -1 when
+ * scratch memory cannot be allocated. */
 int add_rms_norm_step(const void *x, int x_is_bf16, int64_t x_stride, const float *bias, float *residual,
                       int add_residual, const float *weight, uint16_t *out_bf16, float *out_f32, int64_t rows,
                       int64_t hidden, float eps) {
-    float *widened = x_is_bf16 ? malloc(sizeof(float) * (size_t)hidden) : NULL;
-    if (x_is_bf16 && widened == NULL) return -1;
-    for (int64_t i = 0; i < rows; i++) {
-        float *h = residual + i * hidden;
-        const float *v = (const float *)x + i * x_stride;
-        if (x_is_bf16) {
-            widen_row((const uint16_t *)x + i * x_stride, bias, widened, hidden);
-            v = widened;
+    const size_t element = x_is_bf16 ? sizeof(uint16_t) : sizeof(float);
+    int status = 0;
+#pragma omp parallel if (rows > 1) reduction(min : status)
+    {
+        float *loaded = malloc(sizeof(float) * (size_t)hidden);
+        status = loaded == NULL ? -1 : 0;
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < rows; i++) {
+            if (loaded == NULL) continue;
+            float *h = residual + i * hidden;
+            load_row((const char *)x + (size_t)(i * x_stride) * element, x_is_bf16, bias, loaded, hidden);
+            if (add_residual)
+                for (int64_t j = 0; j < hidden; j++) h[j] = loaded[j] + h[j];
+            else
+                for (int64_t j = 0; j < hidden; j++) h[j] = loaded[j];
+            const float inv = inverse_rms(h, hidden, eps);
+            if (out_bf16 != NULL)
+                for (int64_t j = 0; j < hidden; j++) out_bf16[i * hidden + j] = f32_to_bf16(weight[j] * (h[j] * inv));
+            else
+                for (int64_t j = 0; j < hidden; j++) out_f32[i * hidden + j] = weight[j] * (h[j] * inv);
         }
-        if (add_residual)
-            for (int64_t j = 0; j < hidden; j++) h[j] = v[j] + h[j];
-        else
-            for (int64_t j = 0; j < hidden; j++) h[j] = v[j];
-        const float inv = inverse_rms(h, hidden, eps);
-        if (out_bf16 != NULL)
-            for (int64_t j = 0; j < hidden; j++) out_bf16[i * hidden + j] = f32_to_bf16(weight[j] * (h[j] * inv));
-        else
-            for (int64_t j = 0; j < hidden; j++) out_f32[i * hidden + j] = weight[j] * (h[j] * inv);
+        free(loaded);
     }
-    free(widened);
-    return 0;
+    return status;
 }
 
-/* out_bf16[i] = bf16(silu(g) * u), g | u = float32(x[i]) [+ bias], x bfloat16 [rows, 2 * inter].
- * Returns 0, or -1 when scratch memory cannot be allocated. */
-int silu_and_mul_step(const uint16_t *x, int64_t x_stride, const float *bias, uint16_t *out, int64_t rows,
+/* out_bf16[i] = bf16(silu(g) * u), g | u = float32(x[i]) [+ bias], x bfloat16 or float32
+ * [rows, 2 * inter]. Returns 0, or -1 when scratch memory cannot be allocated. */
+int silu_and_mul_step(const void *x, int x_is_bf16, int64_t x_stride, const float *bias, uint16_t *out, int64_t rows,
                       int64_t inter) {
-    float *row = malloc(sizeof(float) * (size_t)(3 * inter));
-    if (row == NULL) return -1;
-    float *activated = row + 2 * inter;
-    for (int64_t i = 0; i < rows; i++) {
-        widen_row(x + i * x_stride, bias, row, 2 * inter);
-        for (int64_t j = 0; j < inter; j++) activated[j] = silu_times(row[j], row[j + inter]);
-        narrow_row(activated, out + i * inter, inter);
+    const size_t element = x_is_bf16 ? sizeof(uint16_t) : sizeof(float);
+    int status = 0;
+#pragma omp parallel if (rows > 1) reduction(min : status)
+    {
+        float *row = malloc(sizeof(float) * (size_t)(3 * inter));
+        status = row == NULL ? -1 : 0;
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < rows; i++) {
+            if (row == NULL) continue;
+            float *activated = row + 2 * inter;
+            load_row((const char *)x + (size_t)(i * x_stride) * element, x_is_bf16, bias, row, 2 * inter);
+            for (int64_t j = 0; j < inter; j++) activated[j] = silu_times(row[j], row[j + inter]);
+            narrow_row(activated, out + i * inter, inter);
+        }
+        free(row);
     }
-    free(row);
-    return 0;
+    return status;
 }
 
-/* One decode step of attention from the qkv projection: per token, q | k | v = float32(qkv[t])
- * [+ bias]; q and k rotated (neox) at positions[t]; k and v stored at slots[t]; then every
+/* One decode step of attention from the qkv projection (bfloat16 or float32 rows): per token,
+ * q | k | v = float32(qkv[t]) [+ bias]; q and k rotated (neox) at positions[t]; k and v stored at slots[t]; then every
  * token's query attends over its sequence (token t is sequence t), to out_bf16 [T, Hq * D].
  * Returns 0, or -1 when scratch memory cannot be allocated. */
-int attention_step(const uint16_t *qkv, int64_t qkv_stride, const float *bias, const int64_t *positions,
+int attention_step(const void *qkv, int qkv_is_bf16, int64_t qkv_stride, const float *bias, const int64_t *positions,
                    const float *cos_sin, int64_t rot_dim, float *kv_cache, int64_t num_slots, const int64_t *slots,
                    const int32_t *block_table, int64_t block_table_stride, const int32_t *seq_lens, uint16_t *out,
                    int64_t tokens, int64_t q_heads, int64_t kv_heads, int64_t head_size, int64_t block_size,
@@ -324,7 +202,8 @@ int attention_step(const uint16_t *qkv, int64_t qkv_stride, const float *bias, c
     int status = -1;
     if (row == NULL || rotated_k == NULL || queries == NULL || context == NULL) goto done;
     for (int64_t t = 0; t < tokens; t++) {
-        widen_row(qkv + t * qkv_stride, bias, row, width);
+        load_row((const char *)qkv + (size_t)(t * qkv_stride) * (qkv_is_bf16 ? sizeof(uint16_t) : sizeof(float)),
+                 qkv_is_bf16, bias, row, width);
         const float *cos = cos_sin + positions[t] * rot_dim, *sin = cos + rot_dim / 2;
         for (int64_t h = 0; h < q_heads; h++)
             rotate_head(row + h * head_size, cos, sin, queries + t * q_width + h * head_size, head_size, rot_dim);

@@ -1,8 +1,12 @@
-"""W4A16 on the CPU: linear weights as 4-bit groups, multiplied by torch's int4 CPU kernel.
+"""W4A16 on the CPU: linear weights as 4-bit groups, multiplied by our AVX512-BF16 kernel
+(kernels/cpu/qgemm.c, float32 out) where the CPU has it, else by torch's int4 CPU kernel (bfloat16
+out).
 
 Decode on a CPU is bound by the bytes of weights read per token; 4-bit groups read about a
 seventh of float32. Activations stay float32 between layers and are rounded to bfloat16 only
-inside the matmul (llama.cpp rounds them to 8 bits there).
+inside the matmul (llama.cpp rounds them to 8 bits there). Our kernel's products are then exact
+and its sums float32, so its output differs from x_bf16 . W in float64 by float32 rounding only;
+torch's rounds its output to bfloat16 (a relative error up to 2^-9).
 
 Quantization is asymmetric, group-wise along the input dim, round to nearest:
 scale = (max - min) / 15, q = round((w - min) / scale), w ~= q * scale + min. For a GGUF
@@ -16,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from localllm.kernels import cpu_native
+from localllm.kernels import cpu_native, cpu_qgemm
 from localllm.layers.linear import Linear
 
 GROUP_SIZE = 32
@@ -65,15 +69,35 @@ class Int4CPULinear(nn.Module):
         self.out_features = linear.out_features
         self.group_size = group_size
         q, scales_and_zeros = quantize_int4_groups(linear.weight.data, group_size)
-        self.register_buffer("packed_weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
-        self.register_buffer("scales_and_zeros", scales_and_zeros)
+        if cpu_qgemm.available():
+            packed = cpu_qgemm.pack_int4(q, scales_and_zeros, group_size)
+            self.register_buffer("qgemm_codes", packed.codes)
+            self.register_buffer("qgemm_scale_zero", packed.scale_zero)
+        else:
+            self.register_buffer("packed_weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+            self.register_buffer("scales_and_zeros", scales_and_zeros)
         self.bias = linear.bias
+
+    @property
+    def packed(self) -> cpu_qgemm.PackedInt4 | None:
+        """The weights for our kernel (views of this module's buffers), or None for torch's."""
+        if not hasattr(self, "qgemm_codes"):
+            return None
+        return cpu_qgemm.PackedInt4(self.qgemm_codes, self.qgemm_scale_zero, self.out_features, self.in_features,
+                                    self.group_size)
+
+    def project(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows bf16 [T, K] -> rows . W^T [T, N] without the bias: float32 from our kernel, bfloat16
+        from torch's."""
+        packed = self.packed
+        if packed is not None:
+            return cpu_qgemm.int4_mm(rows, packed, torch.float32)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.packed_weight, self.group_size,
+                                                          self.scales_and_zeros)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # the model's [T, K] needs no reshape
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            rows.to(torch.bfloat16), self.packed_weight, self.group_size, self.scales_and_zeros
-        ).to(x.dtype)
+        y = self.project(rows.to(torch.bfloat16)).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)

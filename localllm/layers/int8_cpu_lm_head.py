@@ -1,4 +1,4 @@
-"""The LM head on the CPU as 8-bit groups, multiplied by torch's int4 kernel twice.
+"""The LM head on the CPU as 8-bit groups.
 
 The head is the largest single matrix of a small model (SmolLM2: 49152 x 576, 113 MB in
 float32, about a quarter of a decode step's time). The int4 path's bodies are 4-bit; its head
@@ -6,21 +6,24 @@ goes to 8 bits, as llama.cpp keeps it (a Q4 GGUF stores token_embd as Q8_0).
 
 Quantization follows llama.cpp's Q8_0 (symmetric, groups of 32 along the input dim):
 d = max|w| / 127, q = round(w / d) in -127..127, w ~= d * q. For a Q8_0 source this recovers the
-file's codes exactly; only d is rounded to bfloat16 (the kernel's scale type).
+file's codes exactly; only d is rounded to bfloat16 (the kernels' scale type).
 
-torch has no fast 8-bit CPU GEMV (`_weight_int8pack_mm` runs about 50x slower than int4 here),
-so each code is split into two 4-bit planes, u = q + 128 = 16 * hi + lo, and
-    d * q = (16 d) * (hi - 8) + [d * (lo - 8) + 8 d].
-Each bracket is one int4 matrix in the kernel's form w = (code - 8) * scale + zero: the high plane
-with scale 16 d and zero 0, the low plane with scale d and zero 8 d. The two products sum to the
-8-bit product exactly (16 and 8 are powers of two: bf16(16 d) = 16 bf16(d)); reading 2 x 4 bits per
-weight, it runs 2.5-6x faster than the float32 GEMV on a 2-core AVX-512 machine.
-
-The kernel rounds each product to bfloat16 on the way out (an error up to 2^-9 of the value: 0.06
-on a logit of 20), enough to flip a near-tie of the top two tokens. So the tokens that could be
-the largest logit given that error are recomputed from the 8-bit rows in float32: a greedy pick
-is the 8-bit head's own, and the sampled-from top of the distribution is exact; only tokens too
-far below the top to matter keep the rounded value.
+Two kernels, chosen by the CPU:
+- AVX512-BF16 (kernels/cpu/qgemm.c): the 8-bit codes times the bfloat16 hidden state, float32 out.
+  The products are exact and the sums float32: the logits are x_bf16 . (d * q) up to float32
+  rounding.
+- Otherwise torch's int4 kernel, twice: torch has no fast 8-bit CPU GEMV (`_weight_int8pack_mm`
+  runs about 50x slower than int4), so each code is split into two 4-bit planes,
+  u = q + 128 = 16 * hi + lo, and
+      d * q = (16 d) * (hi - 8) + [d * (lo - 8) + 8 d].
+  Each bracket is one int4 matrix in the kernel's form w = (code - 8) * scale + zero: the high
+  plane with scale 16 d and zero 0, the low plane with scale d and zero 8 d. The two products sum
+  to the 8-bit product exactly (16 and 8 are powers of two: bf16(16 d) = 16 bf16(d)).
+  That kernel rounds each product to bfloat16 on the way out (an error up to 2^-9 of the value:
+  0.06 on a logit of 20), enough to flip a near-tie of the top two tokens. So the tokens that
+  could be the largest logit given that error are recomputed from the 8-bit rows in float32: a
+  greedy pick is the 8-bit head's own, and the sampled-from top of the distribution is exact; only
+  tokens too far below the top to matter keep the rounded value.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from localllm.kernels import cpu_native
+from localllm.kernels import cpu_native, cpu_qgemm
 
 GROUP_SIZE = 32
 _ROW_MULTIPLE = 16
@@ -71,6 +74,11 @@ class Int8CPULMHead(nn.Module):
         self.vocab_size, self.hidden_size = weight.shape
         self.group_size = group_size
         q, d = quantize_int8_groups(weight, group_size)
+        if cpu_qgemm.available():
+            packed = cpu_qgemm.pack_int8(q, d, group_size)
+            self.register_buffer("qgemm_codes", packed.codes)
+            self.register_buffer("qgemm_scales", packed.scales)
+            return
         # Rows kept for the exact recompute of the top candidates (1 byte per weight).
         self.register_buffer("codes", q.to(torch.int8))
         self.register_buffer("group_scales", d)
@@ -87,8 +95,19 @@ class Int8CPULMHead(nn.Module):
             self.register_buffer(f"{name}_packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1))
             self.register_buffer(f"{name}_scales_and_zeros", _scales_and_zeros(scale, zero))
 
+    @property
+    def packed(self) -> cpu_qgemm.PackedInt8 | None:
+        """The weights for our kernel (views of this module's buffers), or None for torch's planes."""
+        if not hasattr(self, "qgemm_codes"):
+            return None
+        return cpu_qgemm.PackedInt8(self.qgemm_codes, self.qgemm_scales, self.vocab_size, self.hidden_size,
+                                    self.group_size)
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x = hidden.reshape(-1, self.hidden_size).to(torch.bfloat16)
+        packed = self.packed
+        if packed is not None:
+            return cpu_qgemm.int8_mm(x, packed).reshape(*hidden.shape[:-1], self.vocab_size)
         mm = torch.ops.aten._weight_int4pack_mm_for_cpu
         high = mm(x, self.high_packed, self.group_size, self.high_scales_and_zeros)[:, : self.vocab_size]
         low = mm(x, self.low_packed, self.group_size, self.low_scales_and_zeros)[:, : self.vocab_size]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from localllm import SamplingParams
-from localllm.kernels import cpu_native, ops
+from localllm.kernels import cpu_native, cpu_qgemm, ops
 from localllm.layers.int4_cpu_linear import int4_kernel_available
 from localllm.worker.cpu_decode import CPUDecodePath
 from tests.models.tiny_models import save_tiny_model
@@ -73,9 +73,17 @@ TINY = {
 }
 
 
+@pytest.mark.parametrize("kernel", ["qgemm", "torch"])
 @pytest.mark.parametrize("variant", sorted(TINY))
-def test_tiny_int4_fast_path_gives_the_modules_bits(variant, tmp_path, make_llm):
+def test_tiny_int4_fast_path_gives_the_modules_bits(variant, kernel, tmp_path, make_llm, monkeypatch):
+    """With either matmul kernel: ours (float32 out) where the CPU has AVX512-BF16, torch's
+    (bfloat16 out) elsewhere."""
     from transformers import LlamaConfig
+
+    if kernel == "qgemm" and not cpu_qgemm.available():
+        pytest.skip("no AVX512-BF16 kernels on this CPU")
+    if kernel == "torch":
+        monkeypatch.setattr(cpu_qgemm, "available", lambda: False)
 
     config = LlamaConfig(
         architectures=["LlamaForCausalLM"], vocab_size=256, hidden_size=64, intermediate_size=128,
@@ -86,6 +94,8 @@ def test_tiny_int4_fast_path_gives_the_modules_bits(variant, tmp_path, make_llm)
     llm = make_llm(str(tmp_path), quantization="int4", block_size=4, max_num_seqs=8, enable_prefix_caching=False)
     prompts = [{"prompt_token_ids": [5 + (i * 7 + j) % 200 for j in range(n)]} for i, n in enumerate((1, 6, 13, 30))]
     params = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True, logprobs=4)
+    linear = llm.engine.runner.model.model.layers[0].mlp.down_proj
+    assert (linear.packed is not None) == (kernel == "qgemm")
     fast, modules, steps = run_both(llm, prompts, params)
     assert steps >= 19
     assert_same_outputs(fast, modules)

@@ -1,0 +1,328 @@
+/* Decode attention on the paged KV cache, float32: one query token per sequence.
+ *
+ * Layouts as in decode_ops.c: the KV cache of one layer is [2, num_blocks, block_size, Hkv, D]
+ * contiguous, slot = block_id * block_size + offset.
+ *
+ * Work split. Each sequence's positions are cut into chunks of CHUNK_POSITIONS (the last one
+ * shorter); one work item is a (sequence, chunk). An item computes, for every query head, the
+ * chunk's largest score m, the sum l of e^(score - m) and the unnormalized sum of
+ * e^(score - m) * value; a second pass merges a (sequence, head)'s chunks in chunk order. Chunks
+ * depend only on the sequence's own length, every item and every merge runs start to end on one
+ * thread with a fixed instruction sequence, and nothing is shared between items: a sequence's
+ * output is bit-identical whatever the batch around it and the number of threads. Short chunks
+ * also spread one long sequence over all threads.
+ *
+ * Memory order. The cache is usually cold (each layer's KV is read once per step). An item reads
+ * its rows position-major, every kv head of a few consecutive rows before the next rows, so DRAM
+ * sees a nearly contiguous stream; walking one kv head's 1 / Hkv of every row instead runs at a
+ * third of the bandwidth on Zen 4, software prefetch or not.
+ */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+#include "common.h"
+
+#define CHUNK_POSITIONS 32 /* a multiple of 16; part of the numerics (changing it changes results, not their invariance) */
+#define HEAD_TILE 4        /* query heads whose dot products accumulate in registers together */
+
+/* Offset of each position's row (in floats, from the start of the keys or of the values) for the
+ * positions start .. start + count - 1, walking the block table instead of dividing per position;
+ * entries count .. CHUNK_POSITIONS - 1 repeat the last row, so that whole groups of rows can be
+ * read (their scores are dropped and their weights are 0). */
+static void chunk_row_offsets(const int32_t *blocks, int64_t start, int64_t count, int64_t block_size,
+                              int64_t width, int64_t *row_offsets) {
+    int64_t block = start / block_size, offset = start % block_size;
+    for (int64_t p = 0; p < count; p++) {
+        row_offsets[p] = ((int64_t)blocks[block] * block_size + offset) * width;
+        if (++offset == block_size) {
+            offset = 0;
+            block++;
+        }
+    }
+    for (int64_t p = count; p < CHUNK_POSITIONS; p++) row_offsets[p] = row_offsets[count - 1];
+}
+
+#ifdef __AVX512F__
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* Lane j of the result is the sum of the 16 lanes of v[j]: a transpose by unpacks and 128-bit
+ * shuffles, 45 instructions for 16 dot products instead of a reduction each. */
+ALWAYS_INLINE __m512 horizontal_sums16(const __m512 *v) {
+    __m512 quads[4];
+    for (int i = 0; i < 4; i++) {
+        const __m512 *w = v + 4 * i;
+        const __m512 t0 = _mm512_add_ps(_mm512_unpacklo_ps(w[0], w[1]), _mm512_unpackhi_ps(w[0], w[1]));
+        const __m512 t1 = _mm512_add_ps(_mm512_unpacklo_ps(w[2], w[3]), _mm512_unpackhi_ps(w[2], w[3]));
+        const __m512d a = _mm512_castps_pd(t0), b = _mm512_castps_pd(t1);
+        /* each 128-bit lane L: [sum_L(w0), sum_L(w1), sum_L(w2), sum_L(w3)] */
+        quads[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    const __m512 x0 = _mm512_add_ps(_mm512_shuffle_f32x4(quads[0], quads[1], 0x88),
+                                    _mm512_shuffle_f32x4(quads[0], quads[1], 0xdd));
+    const __m512 x1 = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2], quads[3], 0x88),
+                                    _mm512_shuffle_f32x4(quads[2], quads[3], 0xdd));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(x0, x1, 0x88), _mm512_shuffle_f32x4(x0, x1, 0xdd));
+}
+
+/* exp_approx on 16 lanes: the same reduction and polynomial, with fused multiply-adds. */
+ALWAYS_INLINE __m512 exp_approx16(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f),
+                                     _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x));
+    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    const __m512i two_to_n = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(two_to_n));
+}
+
+static inline __mmask16 first_lanes(int64_t n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
+
+/* Lane vectors of the dot products of `heads` query heads (a constant after inlining) with 4
+ * consecutive rows: partial[h * 16 + j] for row j0 + j. */
+ALWAYS_INLINE void dot_lanes_4rows(const float *queries, const float *key_rows[4], int64_t head_size, int heads,
+                                   __m512 *partial) {
+    const int64_t full = head_size & ~(int64_t)15;
+    const __mmask16 tail = first_lanes(head_size - full);
+    __m512 acc[4][HEAD_TILE];
+    for (int j = 0; j < 4; j++)
+        for (int h = 0; h < heads; h++) acc[j][h] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < full; d += 16) {
+        __m512 k[4];
+        for (int j = 0; j < 4; j++) k[j] = _mm512_loadu_ps(key_rows[j] + d);
+        for (int h = 0; h < heads; h++) {
+            const __m512 qv = _mm512_loadu_ps(queries + h * head_size + d);
+            for (int j = 0; j < 4; j++) acc[j][h] = _mm512_fmadd_ps(qv, k[j], acc[j][h]);
+        }
+    }
+    if (tail) {
+        __m512 k[4];
+        for (int j = 0; j < 4; j++) k[j] = _mm512_maskz_loadu_ps(tail, key_rows[j] + full);
+        for (int h = 0; h < heads; h++) {
+            const __m512 qv = _mm512_maskz_loadu_ps(tail, queries + h * head_size + full);
+            for (int j = 0; j < 4; j++) acc[j][h] = _mm512_fmadd_ps(qv, k[j], acc[j][h]);
+        }
+    }
+    for (int j = 0; j < 4; j++)
+        for (int h = 0; h < heads; h++) partial[h * 16 + j] = acc[j][h];
+}
+
+/* scores[h * CHUNK_POSITIONS + p] = (query h . key p) * scale for every query head h of the
+ * sequence; partial: scratch of 16 vectors per query head. Lane sums of 16 positions are reduced
+ * together. */
+static void chunk_scores(const float *queries, const float *keys, const int64_t *row_offsets, int64_t count,
+                         int64_t head_size, int64_t kv_heads, int64_t group, float scale, float *scores,
+                         __m512 *partial) {
+    for (int64_t p0 = 0; p0 < count; p0 += 16) {
+        for (int64_t j0 = 0; j0 < 16; j0 += 4) {
+            for (int64_t kvh = 0; kvh < kv_heads; kvh++) {
+                const float *key_rows[4];
+                for (int j = 0; j < 4; j++) key_rows[j] = keys + row_offsets[p0 + j0 + j] + kvh * head_size;
+                for (int64_t h0 = 0; h0 < group; h0 += HEAD_TILE) {
+                    const int64_t h = kvh * group + h0;
+                    const float *qh = queries + h * head_size;
+                    __m512 *out = partial + h * 16 + j0;
+                    switch (group - h0 < HEAD_TILE ? group - h0 : HEAD_TILE) {
+                    case 1: dot_lanes_4rows(qh, key_rows, head_size, 1, out); break;
+                    case 2: dot_lanes_4rows(qh, key_rows, head_size, 2, out); break;
+                    case 3: dot_lanes_4rows(qh, key_rows, head_size, 3, out); break;
+                    default: dot_lanes_4rows(qh, key_rows, head_size, 4, out); break;
+                    }
+                }
+            }
+        }
+        for (int64_t h = 0; h < kv_heads * group; h++)
+            _mm512_mask_storeu_ps(scores + h * CHUNK_POSITIONS + p0, first_lanes(count - p0),
+                                  _mm512_mul_ps(horizontal_sums16(partial + h * 16), _mm512_set1_ps(scale)));
+    }
+}
+
+/* row[p] <- e^(row[p] - max) over count scores, and 0 up to the next multiple of 16; gives max and
+ * the sum of the new row. */
+static void chunk_softmax_row(float *row, int64_t count, float *max_out, float *sum_out) {
+    __m512 top = _mm512_set1_ps(-INFINITY);
+    for (int64_t p = 0; p < count; p += 16)
+        top = _mm512_max_ps(top, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), first_lanes(count - p), row + p));
+    const float max = _mm512_reduce_max_ps(top);
+    const __m512 shift = _mm512_set1_ps(max);
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t p = 0; p < count; p += 16) {
+        const __mmask16 lanes = first_lanes(count - p);
+        const __m512 e = _mm512_maskz_mov_ps(lanes, exp_approx16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, row + p), shift)));
+        _mm512_storeu_ps(row + p, e);
+        total = _mm512_add_ps(total, e);
+    }
+    *max_out = max;
+    *sum_out = _mm512_reduce_add_ps(total);
+}
+
+/* acc[h * head_size + d] = sum over p of weights[h * CHUNK_POSITIONS + p] * value_p[d] for every
+ * query head h, 4 rows at a time (all kv heads of them), in position order per element. */
+static void chunk_values(const float *weights, const float *values, const int64_t *row_offsets, int64_t count,
+                         int64_t head_size, int64_t kv_heads, int64_t group, float *acc) {
+    memset(acc, 0, sizeof(float) * (size_t)(kv_heads * group * head_size));
+    for (int64_t p = 0; p < count; p += 4) {
+        for (int64_t kvh = 0; kvh < kv_heads; kvh++) {
+            const float *value_rows[4];
+            for (int j = 0; j < 4; j++) value_rows[j] = values + row_offsets[p + j] + kvh * head_size;
+            for (int64_t d = 0; d < head_size; d += 16) {
+                const __mmask16 lanes = first_lanes(head_size - d);
+                __m512 v[4];
+                for (int j = 0; j < 4; j++) v[j] = _mm512_maskz_loadu_ps(lanes, value_rows[j] + d);
+                for (int64_t h = kvh * group; h < (kvh + 1) * group; h++) {
+                    const float *w = weights + h * CHUNK_POSITIONS + p;
+                    float *a = acc + h * head_size + d;
+                    __m512 sum = _mm512_maskz_loadu_ps(lanes, a);
+                    for (int j = 0; j < 4; j++) sum = _mm512_fmadd_ps(_mm512_set1_ps(w[j]), v[j], sum);
+                    _mm512_mask_storeu_ps(a, lanes, sum);
+                }
+            }
+        }
+    }
+}
+
+#else /* portable C: the same steps, one row and one head at a time */
+
+static void chunk_scores(const float *queries, const float *keys, const int64_t *row_offsets, int64_t count,
+                         int64_t head_size, int64_t kv_heads, int64_t group, float scale, float *scores,
+                         void *partial) {
+    (void)partial;
+    for (int64_t p = 0; p < count; p++)
+        for (int64_t h = 0; h < kv_heads * group; h++) {
+            const float *key = keys + row_offsets[p] + (h / group) * head_size;
+            scores[h * CHUNK_POSITIONS + p] = dot(queries + h * head_size, key, head_size) * scale;
+        }
+}
+
+static void chunk_softmax_row(float *row, int64_t count, float *max_out, float *sum_out) {
+    float low, top;
+    min_max(row, count, 1, &low, &top);
+    for (int64_t p = 0; p < count; p++) row[p] = exp_approx(row[p] - top);
+    *max_out = top;
+    *sum_out = sum(row, count);
+}
+
+static void chunk_values(const float *weights, const float *values, const int64_t *row_offsets, int64_t count,
+                         int64_t head_size, int64_t kv_heads, int64_t group, float *acc) {
+    memset(acc, 0, sizeof(float) * (size_t)(kv_heads * group * head_size));
+    for (int64_t p = 0; p < count; p++)
+        for (int64_t h = 0; h < kv_heads * group; h++) {
+            const float *value = values + row_offsets[p] + (h / group) * head_size;
+            const float weight = weights[h * CHUNK_POSITIONS + p];
+            float *a = acc + h * head_size;
+            for (int64_t d = 0; d < head_size; d++) a[d] += weight * value[d];
+        }
+}
+
+#endif
+
+/* One query token per sequence, at its last position: out[s, h] = softmax(q[s, h] . K^T * scale) V
+ * over positions 0 .. seq_lens[s] - 1 of sequence s, read through its block table row. Query head
+ * h reads kv head h / (Hq / Hkv). q [S, Hq, D] with row stride q_stride; out [S, Hq, D] contiguous.
+ * A sequence of length 0 gives zeros. Returns 0, or -1 when the scratch cannot be allocated. */
+int decode_attention(const float *q, int64_t q_stride, const float *kv_cache, int64_t num_slots,
+                     const int32_t *block_table, int64_t block_table_stride, const int32_t *seq_lens, float *out,
+                     int64_t num_seqs, int64_t q_heads, int64_t kv_heads, int64_t head_size, int64_t block_size,
+                     float scale) {
+    const int64_t group = q_heads / kv_heads, width = kv_heads * head_size;
+    const float *keys = kv_cache, *values = kv_cache + num_slots * width;
+    /* chunk c of the batch is chunk chunk_index[c] of sequence chunk_seq[c]; sequence s owns
+     * chunks first_chunk[s] .. first_chunk[s + 1] - 1 */
+    int64_t *first_chunk = malloc(sizeof(int64_t) * (size_t)(num_seqs + 1));
+    if (first_chunk == NULL) return -1;
+    first_chunk[0] = 0;
+    for (int64_t s = 0; s < num_seqs; s++)
+        first_chunk[s + 1] = first_chunk[s] + (seq_lens[s] + CHUNK_POSITIONS - 1) / CHUNK_POSITIONS;
+    const int64_t chunks = first_chunk[num_seqs], slots_per_chunk = chunks > 0 ? chunks : 1;
+    int64_t *chunk_seq = malloc(sizeof(int64_t) * (size_t)slots_per_chunk);
+    int64_t *chunk_index = malloc(sizeof(int64_t) * (size_t)slots_per_chunk);
+    /* per (chunk, query head): the chunk's max score, sum of weights and unnormalized P.V */
+    float *chunk_max = malloc(sizeof(float) * (size_t)(slots_per_chunk * q_heads));
+    float *chunk_sum = malloc(sizeof(float) * (size_t)(slots_per_chunk * q_heads));
+    float *chunk_acc = malloc(sizeof(float) * (size_t)(slots_per_chunk * q_heads * head_size));
+    int failed = chunk_seq == NULL || chunk_index == NULL || chunk_max == NULL || chunk_sum == NULL || chunk_acc == NULL;
+    if (!failed)
+        for (int64_t s = 0; s < num_seqs; s++)
+            for (int64_t c = first_chunk[s]; c < first_chunk[s + 1]; c++) {
+                chunk_seq[c] = s;
+                chunk_index[c] = c - first_chunk[s];
+            }
+    /* below ~50k multiply-adds the thread team costs more than it saves; either way each item
+     * runs on one thread, so this changes timing only */
+    const int in_parallel = (double)chunks * CHUNK_POSITIONS * q_heads * head_size > 5e4;
+
+#pragma omp parallel if (in_parallel && !failed)
+    {
+        int64_t *row_offsets = malloc(sizeof(int64_t) * CHUNK_POSITIONS);
+        float *scores = malloc(sizeof(float) * (size_t)(q_heads * CHUNK_POSITIONS));
+        /* 16 lane vectors per query head, 64-byte aligned */
+        float *partial = aligned_alloc(64, sizeof(float) * 256 * (size_t)q_heads);
+        if (row_offsets == NULL || scores == NULL || partial == NULL) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp barrier
+        int team_failed;
+#pragma omp atomic read
+        team_failed = failed;
+        if (!team_failed) {
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t c = 0; c < chunks; c++) {
+                const int64_t s = chunk_seq[c], start = chunk_index[c] * CHUNK_POSITIONS;
+                const int64_t count = seq_lens[s] - start < CHUNK_POSITIONS ? seq_lens[s] - start : CHUNK_POSITIONS;
+                const int64_t record = c * q_heads;
+                chunk_row_offsets(block_table + s * block_table_stride, start, count, block_size, width, row_offsets);
+                chunk_scores(q + s * q_stride, keys, row_offsets, count, head_size, kv_heads, group, scale, scores,
+                             (void *)partial);
+                for (int64_t h = 0; h < q_heads; h++)
+                    chunk_softmax_row(scores + h * CHUNK_POSITIONS, count, chunk_max + record + h, chunk_sum + record + h);
+                chunk_values(scores, values, row_offsets, count, head_size, kv_heads, group,
+                             chunk_acc + record * head_size);
+            }
+            /* out = sum over chunks of acc_c * e^(m_c - m) / sum over chunks of l_c * e^(m_c - m),
+             * m the largest m_c, in chunk order */
+#pragma omp for schedule(static)
+            for (int64_t head = 0; head < num_seqs * q_heads; head++) {
+                const int64_t s = head / q_heads, h = head % q_heads;
+                float *o = out + head * head_size;
+                memset(o, 0, sizeof(float) * (size_t)head_size);
+                if (first_chunk[s] == first_chunk[s + 1]) continue;
+                float top = -INFINITY, total = 0.0f;
+                for (int64_t c = first_chunk[s]; c < first_chunk[s + 1]; c++)
+                    top = chunk_max[c * q_heads + h] > top ? chunk_max[c * q_heads + h] : top;
+                for (int64_t c = first_chunk[s]; c < first_chunk[s + 1]; c++)
+                    total += chunk_sum[c * q_heads + h] * exp_approx(chunk_max[c * q_heads + h] - top);
+                const float norm = 1.0f / total;
+                for (int64_t c = first_chunk[s]; c < first_chunk[s + 1]; c++) {
+                    const float weight = exp_approx(chunk_max[c * q_heads + h] - top) * norm;
+                    const float *acc = chunk_acc + (c * q_heads + h) * head_size;
+                    for (int64_t d = 0; d < head_size; d++) o[d] += weight * acc[d];
+                }
+            }
+        }
+        free(row_offsets);
+        free(scores);
+        free(partial);
+    }
+    free(first_chunk);
+    free(chunk_seq);
+    free(chunk_index);
+    free(chunk_max);
+    free(chunk_sum);
+    free(chunk_acc);
+    return failed ? -1 : 0;
+}

@@ -1,0 +1,253 @@
+/* Quantized-weight GEMM for CPU decode: out [M, N] = x [M, K] (bfloat16) . W^T, W stored as 4-bit
+ * or 8-bit codes in groups along K, for the M of a decode batch (1 to a few dozen rows).
+ *
+ * Why: torch's int4 CPU kernel widens every weight to float32 and runs float32 FMAs, so 16 rows
+ * cost ~6x one row and a 16-sequence decode step is bound by arithmetic. Here the codes become
+ * bfloat16 (exact: small integers) and AVX512-BF16's vdpbf16ps multiplies 32 pairs per instruction,
+ * twice the float32 rate; the codes of a 16-column panel are unpacked once per block of rows.
+ *
+ * Arithmetic, per output element: for each group g of K, acc_g = sum_k x[k] * c[k] in float32 (c =
+ * q - 8 for 4-bit, q for 8-bit; each product is exact, the sums round), then
+ * out = sum_g (scale_g * acc_g [+ zero_g * sum_k x[k]]) with one fused multiply-add per term, in g
+ * order. Invariant: a row's result depends on that row alone, never on M or on the other rows (the
+ * same instructions in the same order for every row), so batch composition cannot change an answer.
+ *
+ * Packed layouts (built by kernels/cpu_qgemm.py), P = N / 16 panels of 16 columns:
+ * - 4-bit codes [P, K / 4, 32] bytes: byte 2i + e of chunk c holds column i's code for k = 4c + e in
+ *   its low nibble and for k = 4c + 2 + e in its high nibble, so one chunk unpacks into the two
+ *   (k, k + 1) pair vectors vdpbf16ps reads. Scales and zeros [P, G, 2, 16] bfloat16.
+ * - 8-bit codes [P, K / 2, 32] int8: byte 2i + e of pair p is column i's code for k = 2p + e.
+ *   Scales [P, G, 16] bfloat16; no zeros (symmetric).
+ * Columns past N (padding) have zero codes and scales; their outputs are not written.
+ */
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512F__)
+#include <immintrin.h>
+
+int qgemm_available(void) { return 1; }
+
+static inline __m512 widen_bf16x16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+static inline __m512bh pair_of(const uint16_t *x) { /* (x[0], x[1]) in every lane */
+    int32_t bits;
+    memcpy(&bits, x, sizeof bits);
+    return (__m512bh)_mm512_set1_epi32(bits);
+}
+
+static inline void store_row(const float *values, void *out, int out_bf16, int64_t row, int64_t out_stride,
+                             int64_t col, int64_t n) {
+    const int64_t count = n - col < 16 ? n - col : 16;
+    if (out_bf16) {
+        uint16_t *o = (uint16_t *)out + row * out_stride + col;
+        for (int64_t j = 0; j < count; j++) o[j] = f32_to_bf16(values[j]);
+    } else {
+        memcpy((float *)out + row * out_stride + col, values, sizeof(float) * (size_t)count);
+    }
+}
+
+/* bf16(v - 8) for the nibble v; indexed by the low 5 bits, so a byte's high nibble may sit in bit 4
+ * unmasked (entries 16..31 repeat 0..15). */
+static const uint16_t nibble_to_bf16[32] = {
+    0xc100, 0xc0e0, 0xc0c0, 0xc0a0, 0xc080, 0xc040, 0xc000, 0xbf80, 0x0000, 0x3f80, 0x4000,
+    0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0, 0xc100, 0xc0e0, 0xc0c0, 0xc0a0, 0xc080, 0xc040,
+    0xc000, 0xbf80, 0x0000, 0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0};
+
+/* ROWS rows of x against PANELS consecutive panels of 4-bit codes. Inlined with constant ROWS and
+ * PANELS: the loops unroll and the ROWS x PANELS accumulators live in registers. Each accumulator
+ * is one chain of dependent vdpbf16ps; few rows take several panels so that enough chains run at
+ * once to hide the instruction's latency. An element's arithmetic is the same in every variant. */
+static inline __attribute__((always_inline)) void panels_int4(
+    const int ROWS, const int PANELS, const uint16_t *x, int64_t x_stride, const float *xsum, int64_t groups,
+    const uint8_t *codes, const uint16_t *scale_zero, int64_t k, int64_t group, void *out, int out_bf16,
+    int64_t out_stride, int64_t row0, int64_t panel0, int64_t n) {
+    const __m512i table = _mm512_loadu_si512(nibble_to_bf16);
+    float total[ROWS][PANELS][16]; /* in memory: 16 rows of accumulators fill the registers */
+    memset(total, 0, sizeof total);
+    for (int64_t g = 0; g < groups; g++) {
+        __m512 acc[ROWS][PANELS];
+        for (int r = 0; r < ROWS; r++)
+            for (int q = 0; q < PANELS; q++) acc[r][q] = _mm512_setzero_ps();
+        for (int64_t k0 = g * group; k0 < (g + 1) * group; k0 += 4) {
+            for (int q = 0; q < PANELS; q++) {
+                const uint8_t *chunk = codes + (panel0 + q) * (k / 4) * 32 + k0 * 8;
+                const __m512i bytes = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)chunk));
+                const __m512bh low = (__m512bh)_mm512_permutexvar_epi16(bytes, table);
+                const __m512bh high = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 4), table);
+                for (int r = 0; r < ROWS; r++) {
+                    const uint16_t *xr = x + r * x_stride + k0;
+                    acc[r][q] = _mm512_dpbf16_ps(acc[r][q], low, pair_of(xr));
+                    acc[r][q] = _mm512_dpbf16_ps(acc[r][q], high, pair_of(xr + 2));
+                }
+            }
+        }
+        for (int q = 0; q < PANELS; q++) {
+            const uint16_t *sz = scale_zero + ((panel0 + q) * groups + g) * 32;
+            const __m512 scale = widen_bf16x16(sz), zero = widen_bf16x16(sz + 16);
+            for (int r = 0; r < ROWS; r++) {
+                __m512 sum = _mm512_fmadd_ps(scale, acc[r][q], _mm512_loadu_ps(total[r][q]));
+                sum = _mm512_fmadd_ps(zero, _mm512_set1_ps(xsum[r * groups + g]), sum);
+                _mm512_storeu_ps(total[r][q], sum);
+            }
+        }
+    }
+    for (int r = 0; r < ROWS; r++)
+        for (int q = 0; q < PANELS; q++) store_row(total[r][q], out, out_bf16, row0 + r, out_stride, (panel0 + q) * 16, n);
+}
+
+/* The same for 8-bit codes (no zeros). */
+static inline __attribute__((always_inline)) void panels_int8(
+    const int ROWS, const int PANELS, const uint16_t *x, int64_t x_stride, int64_t groups, const int8_t *codes,
+    const uint16_t *scales, int64_t k, int64_t group, void *out, int out_bf16, int64_t out_stride, int64_t row0,
+    int64_t panel0, int64_t n) {
+    float total[ROWS][PANELS][16];
+    memset(total, 0, sizeof total);
+    for (int64_t g = 0; g < groups; g++) {
+        __m512 acc[ROWS][PANELS];
+        for (int r = 0; r < ROWS; r++)
+            for (int q = 0; q < PANELS; q++) acc[r][q] = _mm512_setzero_ps();
+        for (int64_t k0 = g * group; k0 < (g + 1) * group; k0 += 2) {
+            for (int q = 0; q < PANELS; q++) {
+                const int8_t *c = codes + (panel0 + q) * k * 16 + k0 * 16;
+                const __m512 first = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)c)));
+                const __m512 second =
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(c + 16))));
+                const __m512bh w = _mm512_cvtne2ps_pbh(second, first); /* exact: |code| <= 128 */
+                for (int r = 0; r < ROWS; r++)
+                    acc[r][q] = _mm512_dpbf16_ps(acc[r][q], w, pair_of(x + r * x_stride + k0));
+            }
+        }
+        for (int q = 0; q < PANELS; q++) {
+            const __m512 scale = widen_bf16x16(scales + ((panel0 + q) * groups + g) * 16);
+            for (int r = 0; r < ROWS; r++)
+                _mm512_storeu_ps(total[r][q], _mm512_fmadd_ps(scale, acc[r][q], _mm512_loadu_ps(total[r][q])));
+        }
+    }
+    for (int r = 0; r < ROWS; r++)
+        for (int q = 0; q < PANELS; q++) store_row(total[r][q], out, out_bf16, row0 + r, out_stride, (panel0 + q) * 16, n);
+}
+
+/* Each thread walks its share of the panels four at a time (their codes stay in cache across the
+ * row blocks). Within four panels, rows go in blocks of 16, one of 8, then one block of the rest (16
+ * rows unpack each code once for twice the products of 8); a block of R rows
+ * takes 4, 2 or 1 panels per pass (R * panels >= 4 chains), the last panels of a short tail one by
+ * one. Every variant runs the same per-element instructions: only speed depends on the split. */
+#define PANEL_GROUP 4
+#ifdef _OPENMP
+#include <omp.h>
+#define THREAD_INDEX omp_get_thread_num()
+#define THREAD_COUNT omp_get_num_threads()
+#else
+#define THREAD_INDEX 0
+#define THREAD_COUNT 1
+#endif
+/* The panels [*start, *end) of this thread: one contiguous, equal share (36 panels on 2 threads: 18
+ * each, where handing out whole groups of 4 would give 20 and 16). */
+static inline void thread_share(int64_t panels, int64_t *start, int64_t *end) {
+    *start = panels * THREAD_INDEX / THREAD_COUNT;
+    *end = panels * (THREAD_INDEX + 1) / THREAD_COUNT;
+}
+
+#define ROWS_PASS(CALL, R, P)                                                               \
+    do {                                                                                    \
+        int64_t panel = group_start;                                                        \
+        for (; panel + (P) <= group_end; panel += (P)) CALL(R, P);                          \
+        for (; panel < group_end; panel++) CALL(R, 1);                                      \
+    } while (0)
+#define FOR_BLOCKS(CALL)                                                                    \
+    do {                                                                                    \
+        int64_t row = 0;                                                                    \
+        for (; row + 16 <= m; row += 16) ROWS_PASS(CALL, 16, 1);                            \
+        if (row + 8 <= m) {                                                                 \
+            ROWS_PASS(CALL, 8, 1);                                                          \
+            row += 8;                                                                       \
+        }                                                                                   \
+        switch (m - row) {                                                                  \
+        case 7: ROWS_PASS(CALL, 7, 1); break;                                               \
+        case 6: ROWS_PASS(CALL, 6, 1); break;                                               \
+        case 5: ROWS_PASS(CALL, 5, 1); break;                                               \
+        case 4: ROWS_PASS(CALL, 4, 2); break;                                               \
+        case 3: ROWS_PASS(CALL, 3, 2); break;                                               \
+        case 2: ROWS_PASS(CALL, 2, 4); break;                                               \
+        case 1: ROWS_PASS(CALL, 1, 4); break;                                               \
+        default: break;                                                                     \
+        }                                                                                   \
+    } while (0)
+
+/* out [M, N] (row stride out_stride; bfloat16 when out_bf16, else float32) = x . W^T for 4-bit W.
+ * x bfloat16 [M, K] with row stride x_stride. Returns 0, or -1 when scratch cannot be allocated. */
+int qgemm_int4(const uint16_t *x, int64_t x_stride, const uint8_t *codes, const uint16_t *scale_zero, void *out,
+               int out_bf16, int64_t out_stride, int64_t m, int64_t n, int64_t k, int64_t group, int threads) {
+    const int64_t groups = k / group, panels = (n + 15) / 16;
+    /* sum of each row's x over each group, in k order (the zeros' term) */
+    float *xsum = malloc(sizeof(float) * (size_t)(m * groups > 0 ? m * groups : 1));
+    if (xsum == NULL) return -1;
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t g = 0; g < groups; g++) {
+            float s = 0.0f;
+            for (int64_t j = g * group; j < (g + 1) * group; j++) s += bf16_to_f32(x[i * x_stride + j]);
+            xsum[i * groups + g] = s;
+        }
+#pragma omp parallel num_threads(threads)
+    {
+        int64_t share_start, share_end;
+        thread_share(panels, &share_start, &share_end);
+        for (int64_t group_start = share_start; group_start < share_end; group_start += PANEL_GROUP) {
+            const int64_t group_end = group_start + PANEL_GROUP < share_end ? group_start + PANEL_GROUP : share_end;
+#define INT4_PASS(R, P)                                                                                         \
+        panels_int4(R, P, x + row * x_stride, x_stride, xsum + row * groups, groups, codes, scale_zero, k, group, \
+                    out, out_bf16, out_stride, row, panel, n)
+            FOR_BLOCKS(INT4_PASS);
+        }
+#undef INT4_PASS
+    }
+    free(xsum);
+    return 0;
+}
+
+/* The same for 8-bit W (codes [P, K / 2, 32], scales [P, G, 16]). Returns 0. */
+int qgemm_int8(const uint16_t *x, int64_t x_stride, const int8_t *codes, const uint16_t *scales, void *out,
+               int out_bf16, int64_t out_stride, int64_t m, int64_t n, int64_t k, int64_t group, int threads) {
+    const int64_t groups = k / group, panels = (n + 15) / 16;
+#pragma omp parallel num_threads(threads)
+    {
+        int64_t share_start, share_end;
+        thread_share(panels, &share_start, &share_end);
+        for (int64_t group_start = share_start; group_start < share_end; group_start += PANEL_GROUP) {
+            const int64_t group_end = group_start + PANEL_GROUP < share_end ? group_start + PANEL_GROUP : share_end;
+#define INT8_PASS(R, P)                                                                                    \
+        panels_int8(R, P, x + row * x_stride, x_stride, groups, codes, scales, k, group, out, out_bf16,      \
+                    out_stride, row, panel, n)
+            FOR_BLOCKS(INT8_PASS);
+        }
+#undef INT8_PASS
+    }
+    return 0;
+}
+
+#else /* no AVX512-BF16: callers use torch's kernels (kernels/cpu_qgemm.py checks this) */
+
+int qgemm_available(void) { return 0; }
+
+int qgemm_int4(const uint16_t *x, int64_t x_stride, const uint8_t *codes, const uint16_t *scale_zero, void *out,
+               int out_bf16, int64_t out_stride, int64_t m, int64_t n, int64_t k, int64_t group, int threads) {
+    (void)x, (void)x_stride, (void)codes, (void)scale_zero, (void)out, (void)out_bf16, (void)out_stride, (void)m;
+    (void)n, (void)k, (void)group, (void)threads;
+    return -2;
+}
+
+int qgemm_int8(const uint16_t *x, int64_t x_stride, const int8_t *codes, const uint16_t *scales, void *out,
+               int out_bf16, int64_t out_stride, int64_t m, int64_t n, int64_t k, int64_t group, int threads) {
+    (void)x, (void)x_stride, (void)codes, (void)scales, (void)out, (void)out_bf16, (void)out_stride, (void)m;
+    (void)n, (void)k, (void)group, (void)threads;
+    return -2;
+}
+
+#endif
