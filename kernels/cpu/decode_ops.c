@@ -195,30 +195,36 @@ int attention_step(const void *qkv, int qkv_is_bf16, int64_t qkv_stride, const f
                    float scale) {
     const int64_t q_width = q_heads * head_size, kv_width = kv_heads * head_size;
     const int64_t width = q_width + 2 * kv_width;
-    float *row = malloc(sizeof(float) * (size_t)width);
-    float *rotated_k = malloc(sizeof(float) * (size_t)kv_width);
+    const size_t element = qkv_is_bf16 ? sizeof(uint16_t) : sizeof(float);
     float *queries = malloc(sizeof(float) * (size_t)(tokens * q_width));
     float *context = malloc(sizeof(float) * (size_t)(tokens * q_width));
-    int status = -1;
-    if (row == NULL || rotated_k == NULL || queries == NULL || context == NULL) goto done;
-    for (int64_t t = 0; t < tokens; t++) {
-        load_row((const char *)qkv + (size_t)(t * qkv_stride) * (qkv_is_bf16 ? sizeof(uint16_t) : sizeof(float)),
-                 qkv_is_bf16, bias, row, width);
-        const float *cos = cos_sin + positions[t] * rot_dim, *sin = cos + rot_dim / 2;
-        for (int64_t h = 0; h < q_heads; h++)
-            rotate_head(row + h * head_size, cos, sin, queries + t * q_width + h * head_size, head_size, rot_dim);
-        for (int64_t h = 0; h < kv_heads; h++)
-            rotate_head(row + q_width + h * head_size, cos, sin, rotated_k + h * head_size, head_size, rot_dim);
-        store_kv(rotated_k, kv_width, row + q_width + kv_width, kv_width, kv_cache, num_slots, slots + t, 1, kv_width);
+    int status = queries == NULL || context == NULL ? -1 : 0;
+    if (status != 0) goto done;
+    /* tokens split across threads: each writes its own query row and its own cache slot */
+#pragma omp parallel if (tokens > 1) reduction(min : status)
+    {
+        float *row = malloc(sizeof(float) * (size_t)(width + kv_width));
+        status = row == NULL ? -1 : 0;
+        float *rotated_k = row == NULL ? NULL : row + width;
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < tokens; t++) {
+            if (row == NULL) continue;
+            load_row((const char *)qkv + (size_t)(t * qkv_stride) * element, qkv_is_bf16, bias, row, width);
+            const float *cos = cos_sin + positions[t] * rot_dim, *sin = cos + rot_dim / 2;
+            for (int64_t h = 0; h < q_heads; h++)
+                rotate_head(row + h * head_size, cos, sin, queries + t * q_width + h * head_size, head_size, rot_dim);
+            for (int64_t h = 0; h < kv_heads; h++)
+                rotate_head(row + q_width + h * head_size, cos, sin, rotated_k + h * head_size, head_size, rot_dim);
+            store_kv(rotated_k, kv_width, row + q_width + kv_width, kv_width, kv_cache, num_slots, slots + t, 1,
+                     kv_width);
+        }
+        free(row);
     }
-    if (decode_attention(queries, q_width, kv_cache, num_slots, block_table, block_table_stride, seq_lens, context,
-                         tokens, q_heads, kv_heads, head_size, block_size, scale) != 0)
-        goto done;
-    narrow_row(context, out, tokens * q_width);
-    status = 0;
+    if (status != 0) goto done;
+    status = decode_attention(queries, q_width, kv_cache, num_slots, block_table, block_table_stride, seq_lens, context,
+                              tokens, q_heads, kv_heads, head_size, block_size, scale);
+    if (status == 0) narrow_row(context, out, tokens * q_width);
 done:
-    free(row);
-    free(rotated_k);
     free(queries);
     free(context);
     return status;
