@@ -52,6 +52,8 @@ _SIGNATURES = {
     "silu_and_mul_step": ([_P, ctypes.c_int, _I64, _P, _P, _I64, _I64], ctypes.c_int),
     # quantized-weight GEMM (cpu/qgemm.c, wrapped by cpu_qgemm.py)
     "qgemm_available": ([], ctypes.c_int),
+    "qgemm_pack_int4": ([_P, _I64, _I64, _P], None),
+    "qgemm_pack_int8": ([_P, _I64, _I64, _P], None),
     "qgemm_int4": ([_P, _I64, _P, _P, _P, ctypes.c_int, _I64, _I64, _I64, _I64, _I64, ctypes.c_int], ctypes.c_int),
     "qgemm_int8": ([_P, _I64, _P, _P, _P, ctypes.c_int, _I64, _I64, _I64, _I64, _I64, ctypes.c_int], ctypes.c_int),
     "attention_step": ([_P, ctypes.c_int, _I64, _P, _P, _P, _I64, _P, _I64, _P, _P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I64,

@@ -55,13 +55,26 @@ def pack_int4(q: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) 
     n, k = q.shape
     _check_shape(n, k, group_size)
     padded = -(-n // PANEL) * PANEL
+    lib = cpu_native.library()
+    if lib is not None and q.dtype == torch.int32:
+        q = q.contiguous()
+        codes = torch.empty((padded // PANEL, k // 4, 2 * PANEL), dtype=torch.uint8)
+        lib.qgemm_pack_int4(q.data_ptr(), n, k, codes.data_ptr())
+    else:
+        codes = pack_int4_codes_reference(q)
+    sz = _pad_rows(scales_and_zeros.to(torch.bfloat16).transpose(0, 1), padded)  # [N, G, 2]
+    sz = sz.reshape(padded // PANEL, PANEL, k // group_size, 2).permute(0, 2, 3, 1).contiguous()
+    return PackedInt4(codes, sz, n, k, group_size)
+
+
+def pack_int4_codes_reference(q: torch.Tensor) -> torch.Tensor:
+    """The 4-bit code layout in torch ops (the C packer gives the same bytes)."""
+    n, k = q.shape
+    padded = -(-n // PANEL) * PANEL
     # [P, 16 cols, K/4 chunks, 2 halves (k + 0/1 or k + 2/3), 2 (e)] -> [P, chunk, half, col, e]
     codes = _pad_rows(q.to(torch.uint8), padded).reshape(padded // PANEL, PANEL, k // 4, 2, 2)
     codes = codes.permute(0, 2, 3, 1, 4)
-    packed = (codes[:, :, 0] | (codes[:, :, 1] << 4)).reshape(padded // PANEL, k // 4, 2 * PANEL).contiguous()
-    sz = _pad_rows(scales_and_zeros.to(torch.bfloat16).transpose(0, 1), padded)  # [N, G, 2]
-    sz = sz.reshape(padded // PANEL, PANEL, k // group_size, 2).permute(0, 2, 3, 1).contiguous()
-    return PackedInt4(packed, sz, n, k, group_size)
+    return (codes[:, :, 0] | (codes[:, :, 1] << 4)).reshape(padded // PANEL, k // 4, 2 * PANEL).contiguous()
 
 
 def pack_int8(q: torch.Tensor, d: torch.Tensor, group_size: int) -> PackedInt8:
@@ -69,10 +82,23 @@ def pack_int8(q: torch.Tensor, d: torch.Tensor, group_size: int) -> PackedInt8:
     n, k = q.shape
     _check_shape(n, k, group_size)
     padded = -(-n // PANEL) * PANEL
-    codes = _pad_rows(q.to(torch.int8), padded).reshape(padded // PANEL, PANEL, k // 2, 2).permute(0, 2, 1, 3)
+    lib = cpu_native.library()
+    if lib is not None and q.dtype == torch.int32:
+        q = q.contiguous()
+        codes = torch.empty((padded // PANEL, k // 2, 2 * PANEL), dtype=torch.int8)
+        lib.qgemm_pack_int8(q.data_ptr(), n, k, codes.data_ptr())
+    else:
+        codes = pack_int8_codes_reference(q)
     scales = _pad_rows(d.to(torch.bfloat16), padded).reshape(padded // PANEL, PANEL, k // group_size)
-    return PackedInt8(codes.reshape(padded // PANEL, k // 2, 2 * PANEL).contiguous(),
-                      scales.permute(0, 2, 1).contiguous(), n, k, group_size)
+    return PackedInt8(codes, scales.permute(0, 2, 1).contiguous(), n, k, group_size)
+
+
+def pack_int8_codes_reference(q: torch.Tensor) -> torch.Tensor:
+    """The 8-bit code layout in torch ops (the C packer gives the same bytes)."""
+    n, k = q.shape
+    padded = -(-n // PANEL) * PANEL
+    codes = _pad_rows(q.to(torch.int8), padded).reshape(padded // PANEL, PANEL, k // 2, 2).permute(0, 2, 1, 3)
+    return codes.reshape(padded // PANEL, k // 2, 2 * PANEL).contiguous()
 
 
 def _call(function, packed, x: torch.Tensor, out_dtype: torch.dtype, out: torch.Tensor | None) -> torch.Tensor:

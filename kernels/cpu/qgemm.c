@@ -27,6 +27,33 @@
 
 #include "common.h"
 
+/* Load-time packing into the layouts above (cpu_qgemm.py's torch definitions, in one pass; rows
+ * past N are zero). q [N, K] int32: codes 0..15 for pack_int4, -128..127 for pack_int8. */
+void qgemm_pack_int4(const int32_t *q, int64_t n, int64_t k, uint8_t *packed) {
+    const int64_t panels = (n + 15) / 16, chunks = k / 4;
+    memset(packed, 0, (size_t)(panels * chunks * 32));
+    for (int64_t row = 0; row < n; row++) {
+        const int32_t *codes = q + row * k;
+        uint8_t *panel = packed + (row / 16) * chunks * 32 + (row % 16) * 2;
+        for (int64_t c = 0; c < chunks; c++)
+            for (int e = 0; e < 2; e++)
+                panel[c * 32 + e] = (uint8_t)(codes[4 * c + e] | (codes[4 * c + 2 + e] << 4));
+    }
+}
+
+void qgemm_pack_int8(const int32_t *q, int64_t n, int64_t k, int8_t *packed) {
+    const int64_t panels = (n + 15) / 16, pairs = k / 2;
+    memset(packed, 0, (size_t)(panels * pairs * 32));
+    for (int64_t row = 0; row < n; row++) {
+        const int32_t *codes = q + row * k;
+        int8_t *panel = packed + (row / 16) * pairs * 32 + (row % 16) * 2;
+        for (int64_t p = 0; p < pairs; p++) {
+            panel[p * 32] = (int8_t)codes[2 * p];
+            panel[p * 32 + 1] = (int8_t)codes[2 * p + 1];
+        }
+    }
+}
+
 #if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512F__)
 #include <immintrin.h>
 

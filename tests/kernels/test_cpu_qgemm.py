@@ -115,3 +115,14 @@ def test_bad_inputs_are_refused_with_a_reason():
         cpu_qgemm.int4_mm(torch.randn(2, 32).to(torch.bfloat16), packed)
     with pytest.raises(ValueError, match="divisible"):
         cpu_qgemm.pack_int4(q[:, :48], scale_zero, 32)
+
+
+@pytest.mark.parametrize("n,k", [(40, 64), (33, 128), (16, 32)])
+def test_the_c_packers_give_the_torch_layouts_bytes(n, k):
+    g = torch.Generator().manual_seed(n + k)
+    q4 = torch.randint(0, 16, (n, k), generator=g, dtype=torch.int32)
+    q8 = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int32)
+    scale_zero = torch.rand(k // 32, n, 2, generator=g).to(torch.bfloat16)
+    assert torch.equal(cpu_qgemm.pack_int4(q4, scale_zero, 32).codes, cpu_qgemm.pack_int4_codes_reference(q4))
+    d = torch.rand(n, k // 32, generator=g).to(torch.bfloat16)
+    assert torch.equal(cpu_qgemm.pack_int8(q8, d, 32).codes, cpu_qgemm.pack_int8_codes_reference(q8))
