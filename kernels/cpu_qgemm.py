@@ -50,18 +50,26 @@ def _check_shape(n: int, k: int, group_size: int) -> None:
         raise ValueError(f"the CPU qgemm needs K ({k}) divisible by the group ({group_size}), a multiple of 4")
 
 
+def _packed_codes(q: torch.Tensor, bits: int, reference) -> torch.Tensor:
+    """q's codes in the kernel's layout, [P, K * bits / 16, 32]: the C packer for int32 codes where
+    the library is built (one pass), else the torch definition `reference` (the same bytes)."""
+    n, k = q.shape
+    lib = cpu_native.library()
+    if lib is None or q.dtype != torch.int32:
+        return reference(q)
+    q = q.contiguous()
+    dtype, pack = (torch.uint8, lib.qgemm_pack_int4) if bits == 4 else (torch.int8, lib.qgemm_pack_int8)
+    codes = torch.empty((-(-n // PANEL), k * bits // 16, 2 * PANEL), dtype=dtype)
+    pack(q.data_ptr(), n, k, codes.data_ptr())
+    return codes
+
+
 def pack_int4(q: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> PackedInt4:
     """q int [N, K] in 0..15 and the torch kernel's scales_and_zeros bf16 [G, N, 2] -> PackedInt4."""
     n, k = q.shape
     _check_shape(n, k, group_size)
     padded = -(-n // PANEL) * PANEL
-    lib = cpu_native.library()
-    if lib is not None and q.dtype == torch.int32:
-        q = q.contiguous()
-        codes = torch.empty((padded // PANEL, k // 4, 2 * PANEL), dtype=torch.uint8)
-        lib.qgemm_pack_int4(q.data_ptr(), n, k, codes.data_ptr())
-    else:
-        codes = pack_int4_codes_reference(q)
+    codes = _packed_codes(q, 4, pack_int4_codes_reference)
     sz = _pad_rows(scales_and_zeros.to(torch.bfloat16).transpose(0, 1), padded)  # [N, G, 2]
     sz = sz.reshape(padded // PANEL, PANEL, k // group_size, 2).permute(0, 2, 3, 1).contiguous()
     return PackedInt4(codes, sz, n, k, group_size)
@@ -82,13 +90,7 @@ def pack_int8(q: torch.Tensor, d: torch.Tensor, group_size: int) -> PackedInt8:
     n, k = q.shape
     _check_shape(n, k, group_size)
     padded = -(-n // PANEL) * PANEL
-    lib = cpu_native.library()
-    if lib is not None and q.dtype == torch.int32:
-        q = q.contiguous()
-        codes = torch.empty((padded // PANEL, k // 2, 2 * PANEL), dtype=torch.int8)
-        lib.qgemm_pack_int8(q.data_ptr(), n, k, codes.data_ptr())
-    else:
-        codes = pack_int8_codes_reference(q)
+    codes = _packed_codes(q, 8, pack_int8_codes_reference)
     scales = _pad_rows(d.to(torch.bfloat16), padded).reshape(padded // PANEL, PANEL, k // group_size)
     return PackedInt8(codes, scales.permute(0, 2, 1).contiguous(), n, k, group_size)
 
