@@ -1,5 +1,5 @@
 /* Small inline helpers shared by the CPU kernels (decode_ops.c, decode_attention.c, qgemm.c):
- * float32 reductions with 16 independent partial sums, min/max, bfloat16 conversions as torch
+ * a thread's share of a parallel loop, float32 reductions with 16 independent partial sums, min/max, bfloat16 conversions as torch
  * rounds them, and a vectorizable e^x. */
 
 #ifndef LOCALLLM_CPU_COMMON_H
@@ -9,7 +9,23 @@
 #include <stdint.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #define LANES 16 /* independent partial sums: one AVX-512 register of floats */
+
+/* This thread's share [*start, *end) of `items` inside a parallel region: one contiguous, equal
+ * run (36 on 2 threads: 18 each), all of them outside one. */
+static inline void thread_share(int64_t items, int64_t *start, int64_t *end) {
+#ifdef _OPENMP
+    const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();
+#else
+    const int64_t team = 1, me = 0;
+#endif
+    *start = items * me / team;
+    *end = items * (me + 1) / team;
+}
 
 static inline float dot(const float *a, const float *b, int64_t n) {
     float acc[LANES] = {0};

@@ -12,6 +12,15 @@
  * order. Invariant: a row's result depends on that row alone, never on M or on the other rows (the
  * same instructions in the same order for every row), so batch composition cannot change an answer.
  *
+ * Two register layouts run that arithmetic. Blocks of 16 rows put the rows in the lanes: one
+ * register holds a (k, k + 1) pair of x for 16 rows, each column's weight pair is broadcast from a
+ * small buffer of unpacked codes, and 16 accumulators hold the panel's 16 columns (each vdpbf16ps
+ * reads its broadcast operand straight from memory). On the Zen 4 VM, one thread, 16 rows of SmolLM2's shapes, that
+ * runs at 75-77% of the vdpbf16ps peak against 65-68% for the other layout. Fewer rows put
+ * the columns in the lanes: the unpacked codes of a panel in a register, each row's x pair
+ * broadcast. vdpbf16ps multiplies exactly and sums the two products of a lane in a fixed order, so
+ * both layouts give the same bits (tests/kernels/test_cpu_qgemm.py checks it).
+ *
  * Packed layouts (built by kernels/cpu_qgemm.py), P = N / 16 panels of 16 columns:
  * - 4-bit codes [P, K / 4, 32] bytes: byte 2i + e of chunk c holds column i's code for k = 4c + e in
  *   its low nibble and for k = 4c + 2 + e in its high nibble, so one chunk unpacks into the two
@@ -80,6 +89,24 @@ static inline void store_row(const float *values, void *out, int out_bf16, int64
     }
 }
 
+/* total [column][row] of a 16 x 16 tile to out rows row0 .. row0 + 15 at columns col .. */
+static inline void store_transposed(const float total[16][16], void *out, int out_bf16, int64_t row0,
+                                    int64_t out_stride, int64_t col, int64_t n) {
+    for (int r = 0; r < 16; r++) {
+        float row[16];
+        for (int j = 0; j < 16; j++) row[j] = total[j][r];
+        store_row(row, out, out_bf16, row0 + r, out_stride, col, n);
+    }
+}
+
+#define LANES16_MAX_GROUP 256 /* larger groups take the column layout for every row */
+
+/* x_pairs [K / 2][16] of rows row0 .. row0 + 15 (see lanes16_int4), the pairs [p0, p1) */
+static void gather_pairs16(const uint16_t *x, int64_t x_stride, int64_t p0, int64_t p1, uint32_t *x_pairs) {
+    for (int64_t p = p0; p < p1; p++)
+        for (int r = 0; r < 16; r++) memcpy(x_pairs + p * 16 + r, x + r * x_stride + 2 * p, sizeof(uint32_t));
+}
+
 /* sums[g] = the sum of x over group g (the zeros' term), 16 lanes then a fixed reduction tree: a
  * row's sums depend on that row alone. A serial loop of dependent adds here took ~2 ms of a
  * 16-row decode step, with the other thread waiting. */
@@ -144,6 +171,75 @@ static inline __attribute__((always_inline)) void panels_int4(
         for (int q = 0; q < PANELS; q++) store_row(total[r][q], out, out_bf16, row0 + r, out_stride, (panel0 + q) * 16, n);
 }
 
+/* acc[j] (16 rows) = the dot products of one group: `count` pairs of x (x_pairs, [pair][row]) with
+ * column j's unpacked weight pairs (pairs, [pair][column]), broadcast from memory. */
+static inline __attribute__((always_inline)) void lanes16_group_dot(const uint32_t *x_pairs,
+                                                                    const uint32_t pairs[][16], int64_t count,
+                                                                    __m512 acc[16]) {
+    for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < count; p++) {
+        const __m512bh xv = (__m512bh)_mm512_loadu_si512(x_pairs + p * 16);
+        for (int j = 0; j < 16; j++) acc[j] = _mm512_dpbf16_ps(acc[j], xv, (__m512bh)_mm512_set1_epi32((int)pairs[p][j]));
+    }
+}
+
+/* A block of 16 rows, rows in the lanes (see the top): x_pairs [K / 2][16] holds row r's
+ * (x[2p], x[2p + 1]) at [p][r]; xsum_t [G][16] the rows' group sums. For each group the panel's
+ * codes are unpacked into `pairs` ([pair][column], as the column layout's registers), then each
+ * accumulator (one column, 16 rows) takes one vdpbf16ps per pair with that column's weight pair
+ * broadcast from memory. */
+static void lanes16_int4(const uint32_t *x_pairs, const float *xsum_t, int64_t groups, const uint8_t *codes,
+                         const uint16_t *scale_zero, int64_t k, int64_t group, void *out, int out_bf16,
+                         int64_t out_stride, int64_t row0, int64_t panel, int64_t n) {
+    const __m512i table = _mm512_loadu_si512(nibble_to_bf16);
+    const uint8_t *panel_codes = codes + panel * (k / 4) * 32;
+    float total[16][16] __attribute__((aligned(64))); /* [column][row] */
+    uint32_t pairs[LANES16_MAX_GROUP / 2][16] __attribute__((aligned(64)));
+    memset(total, 0, sizeof total);
+    for (int64_t g = 0; g < groups; g++) {
+        for (int64_t c = 0; c < group / 4; c++) {
+            const __m512i bytes =
+                _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(panel_codes + (g * group + 4 * c) * 8)));
+            _mm512_store_si512(pairs[2 * c], _mm512_permutexvar_epi16(bytes, table));
+            _mm512_store_si512(pairs[2 * c + 1], _mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 4), table));
+        }
+        __m512 acc[16];
+        lanes16_group_dot(x_pairs + g * group / 2 * 16, pairs, group / 2, acc);
+        const uint16_t *sz = scale_zero + (panel * groups + g) * 32;
+        const __m512 xsum = _mm512_loadu_ps(xsum_t + g * 16);
+        for (int j = 0; j < 16; j++) {
+            __m512 sum = _mm512_fmadd_ps(_mm512_set1_ps(bf16_to_f32(sz[j])), acc[j], _mm512_load_ps(total[j]));
+            sum = _mm512_fmadd_ps(_mm512_set1_ps(bf16_to_f32(sz[16 + j])), xsum, sum);
+            _mm512_store_ps(total[j], sum);
+        }
+    }
+    store_transposed(total, out, out_bf16, row0, out_stride, panel * 16, n);
+}
+
+/* The same for 8-bit codes (no zeros). */
+static void lanes16_int8(const uint32_t *x_pairs, int64_t groups, const int8_t *codes, const uint16_t *scales,
+                         int64_t k, int64_t group, void *out, int out_bf16, int64_t out_stride, int64_t row0,
+                         int64_t panel, int64_t n) {
+    const int8_t *panel_codes = codes + panel * k * 16;
+    float total[16][16] __attribute__((aligned(64)));
+    uint32_t pairs[LANES16_MAX_GROUP / 2][16] __attribute__((aligned(64)));
+    memset(total, 0, sizeof total);
+    for (int64_t g = 0; g < groups; g++) {
+        for (int64_t p = 0; p < group / 2; p++) {
+            const int8_t *c = panel_codes + (g * group + 2 * p) * 16;
+            const __m512 first = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)c)));
+            const __m512 second = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(c + 16))));
+            _mm512_store_si512(pairs[p], (__m512i)_mm512_cvtne2ps_pbh(second, first));
+        }
+        __m512 acc[16];
+        lanes16_group_dot(x_pairs + g * group / 2 * 16, pairs, group / 2, acc);
+        const uint16_t *sc = scales + (panel * groups + g) * 16;
+        for (int j = 0; j < 16; j++)
+            _mm512_store_ps(total[j], _mm512_fmadd_ps(_mm512_set1_ps(bf16_to_f32(sc[j])), acc[j], _mm512_load_ps(total[j])));
+    }
+    store_transposed(total, out, out_bf16, row0, out_stride, panel * 16, n);
+}
+
 /* The same for 8-bit codes (no zeros). */
 static inline __attribute__((always_inline)) void panels_int8(
     const int ROWS, const int PANELS, const uint16_t *x, int64_t x_stride, int64_t groups, const int8_t *codes,
@@ -176,26 +272,14 @@ static inline __attribute__((always_inline)) void panels_int8(
         for (int q = 0; q < PANELS; q++) store_row(total[r][q], out, out_bf16, row0 + r, out_stride, (panel0 + q) * 16, n);
 }
 
-/* Each thread walks its share of the panels four at a time (their codes stay in cache across the
- * row blocks). Within four panels, rows go in blocks of 16, one of 8, then one block of the rest (16
- * rows unpack each code once for twice the products of 8); a block of R rows
- * takes 4, 2 or 1 panels per pass (R * panels >= 4 chains), the last panels of a short tail one by
- * one. Every variant runs the same per-element instructions: only speed depends on the split. */
+/* Each thread walks its share of the panels (thread_share: equal, where handing out whole groups
+ * of 4 would give 36 panels as 20 and 16) four at a time (their codes stay in cache across the row
+ * blocks). Within four panels: the blocks of 16 rows in the lanes layout, panel by panel; then,
+ * in the column layout, one block of 8 rows and one of the rest, a block of R rows taking 4, 2 or 1
+ * panels per pass (R * panels >= 4 chains), the last panels of a short tail one by one. (Groups
+ * over LANES16_MAX_GROUP take the column layout for blocks of 16 rows too.) Every variant runs the
+ * same per-element arithmetic: only speed depends on the split. */
 #define PANEL_GROUP 4
-#ifdef _OPENMP
-#include <omp.h>
-#define THREAD_INDEX omp_get_thread_num()
-#define THREAD_COUNT omp_get_num_threads()
-#else
-#define THREAD_INDEX 0
-#define THREAD_COUNT 1
-#endif
-/* The panels [*start, *end) of this thread: one contiguous, equal share (36 panels on 2 threads: 18
- * each, where handing out whole groups of 4 would give 20 and 16). */
-static inline void thread_share(int64_t panels, int64_t *start, int64_t *end) {
-    *start = panels * THREAD_INDEX / THREAD_COUNT;
-    *end = panels * (THREAD_INDEX + 1) / THREAD_COUNT;
-}
 
 #define ROWS_PASS(CALL, R, P)                                                               \
     do {                                                                                    \
@@ -203,9 +287,10 @@ static inline void thread_share(int64_t panels, int64_t *start, int64_t *end) {
         for (; panel + (P) <= group_end; panel += (P)) CALL(R, P);                          \
         for (; panel < group_end; panel++) CALL(R, 1);                                      \
     } while (0)
-#define FOR_BLOCKS(CALL)                                                                    \
+/* the column-layout blocks of rows first_row .. m - 1 */
+#define FOR_BLOCKS(CALL, first_row)                                                         \
     do {                                                                                    \
-        int64_t row = 0;                                                                    \
+        int64_t row = (first_row);                                                          \
         for (; row + 16 <= m; row += 16) ROWS_PASS(CALL, 16, 1);                            \
         if (row + 8 <= m) {                                                                 \
             ROWS_PASS(CALL, 8, 1);                                                          \
@@ -223,48 +308,108 @@ static inline void thread_share(int64_t panels, int64_t *start, int64_t *end) {
         }                                                                                   \
     } while (0)
 
+/* Scratch of the lanes layout: x_pairs [blocks][K / 2][16] and xsum_t [blocks][G][16] for the
+ * first `blocks` blocks of 16 rows (none when group > LANES16_MAX_GROUP). */
+typedef struct {
+    int64_t blocks;
+    uint32_t *x_pairs;
+    float *xsum_t;
+} Lanes16;
+
+static int lanes16_alloc(Lanes16 *lanes, int64_t m, int64_t k, int64_t group) {
+    lanes->blocks = group <= LANES16_MAX_GROUP ? m / 16 : 0;
+    lanes->x_pairs = NULL;
+    lanes->xsum_t = NULL;
+    if (lanes->blocks == 0) return 0;
+    lanes->x_pairs = aligned_alloc(64, sizeof(uint32_t) * (size_t)(lanes->blocks * k * 8)); /* a multiple of 64 bytes: 4 | k */
+    lanes->xsum_t = malloc(sizeof(float) * (size_t)(lanes->blocks * (k / group) * 16));
+    return lanes->x_pairs == NULL || lanes->xsum_t == NULL ? -1 : 0;
+}
+
+static void lanes16_free(Lanes16 *lanes) {
+    free(lanes->x_pairs);
+    free(lanes->xsum_t);
+}
+
+/* Inside the parallel region: the threads gather the pairs of every block (barrier at the end;
+ * none without blocks, a condition every thread sees alike). */
+static void lanes16_gather(const Lanes16 *lanes, const uint16_t *x, int64_t x_stride, int64_t k) {
+    const int64_t pairs = k / 2, step = 32, pieces = (pairs + step - 1) / step; /* per block */
+    if (lanes->blocks == 0) return;
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < lanes->blocks * pieces; i++) {
+        const int64_t block = i / pieces, p0 = i % pieces * step, p1 = p0 + step < pairs ? p0 + step : pairs;
+        gather_pairs16(x + block * 16 * x_stride, x_stride, p0, p1, lanes->x_pairs + block * pairs * 16);
+    }
+}
+
 /* out [M, N] (row stride out_stride; bfloat16 when out_bf16, else float32) = x . W^T for 4-bit W.
  * x bfloat16 [M, K] with row stride x_stride. Returns 0, or -1 when scratch cannot be allocated. */
 int qgemm_int4(const uint16_t *x, int64_t x_stride, const uint8_t *codes, const uint16_t *scale_zero, void *out,
                int out_bf16, int64_t out_stride, int64_t m, int64_t n, int64_t k, int64_t group, int threads) {
     const int64_t groups = k / group, panels = (n + 15) / 16;
+    Lanes16 lanes;
     float *xsum = malloc(sizeof(float) * (size_t)(m * groups > 0 ? m * groups : 1));
-    if (xsum == NULL) return -1;
+    if (lanes16_alloc(&lanes, m, k, group) != 0 || xsum == NULL) {
+        lanes16_free(&lanes);
+        free(xsum);
+        return -1;
+    }
     for (int64_t i = 0; i < m; i++) group_sums(x + i * x_stride, groups, group, xsum + i * groups);
+    for (int64_t b = 0; b < lanes.blocks; b++)
+        for (int64_t g = 0; g < groups; g++)
+            for (int r = 0; r < 16; r++) lanes.xsum_t[(b * groups + g) * 16 + r] = xsum[(b * 16 + r) * groups + g];
 #pragma omp parallel num_threads(threads)
     {
+        lanes16_gather(&lanes, x, x_stride, k);
         int64_t share_start, share_end;
         thread_share(panels, &share_start, &share_end);
         for (int64_t group_start = share_start; group_start < share_end; group_start += PANEL_GROUP) {
             const int64_t group_end = group_start + PANEL_GROUP < share_end ? group_start + PANEL_GROUP : share_end;
+            for (int64_t b = 0; b < lanes.blocks; b++)
+                for (int64_t panel = group_start; panel < group_end; panel++)
+                    lanes16_int4(lanes.x_pairs + b * k * 8, lanes.xsum_t + b * groups * 16, groups, codes, scale_zero,
+                                 k, group, out, out_bf16, out_stride, b * 16, panel, n);
 #define INT4_PASS(R, P)                                                                                         \
         panels_int4(R, P, x + row * x_stride, x_stride, xsum + row * groups, groups, codes, scale_zero, k, group, \
                     out, out_bf16, out_stride, row, panel, n)
-            FOR_BLOCKS(INT4_PASS);
+            FOR_BLOCKS(INT4_PASS, lanes.blocks * 16);
         }
 #undef INT4_PASS
     }
+    lanes16_free(&lanes);
     free(xsum);
     return 0;
 }
 
-/* The same for 8-bit W (codes [P, K / 2, 32], scales [P, G, 16]). Returns 0. */
+/* The same for 8-bit W (codes [P, K / 2, 32], scales [P, G, 16]). Returns 0, or -1 as above. */
 int qgemm_int8(const uint16_t *x, int64_t x_stride, const int8_t *codes, const uint16_t *scales, void *out,
                int out_bf16, int64_t out_stride, int64_t m, int64_t n, int64_t k, int64_t group, int threads) {
     const int64_t groups = k / group, panels = (n + 15) / 16;
+    Lanes16 lanes;
+    if (lanes16_alloc(&lanes, m, k, group) != 0) {
+        lanes16_free(&lanes);
+        return -1;
+    }
 #pragma omp parallel num_threads(threads)
     {
+        lanes16_gather(&lanes, x, x_stride, k);
         int64_t share_start, share_end;
         thread_share(panels, &share_start, &share_end);
         for (int64_t group_start = share_start; group_start < share_end; group_start += PANEL_GROUP) {
             const int64_t group_end = group_start + PANEL_GROUP < share_end ? group_start + PANEL_GROUP : share_end;
+            for (int64_t b = 0; b < lanes.blocks; b++)
+                for (int64_t panel = group_start; panel < group_end; panel++)
+                    lanes16_int8(lanes.x_pairs + b * k * 8, groups, codes, scales, k, group, out, out_bf16, out_stride,
+                                 b * 16, panel, n);
 #define INT8_PASS(R, P)                                                                                    \
         panels_int8(R, P, x + row * x_stride, x_stride, groups, codes, scales, k, group, out, out_bf16,      \
                     out_stride, row, panel, n)
-            FOR_BLOCKS(INT8_PASS);
+            FOR_BLOCKS(INT8_PASS, lanes.blocks * 16);
         }
 #undef INT8_PASS
     }
+    lanes16_free(&lanes);
     return 0;
 }
 

@@ -29,9 +29,10 @@ def assert_float32_accurate(out, x, weight64):
     assert ((out.double() - reference).abs() <= bound).all()
 
 
-# rows 1..8, 9, 16, 17 reach every row-block variant; 40 and 200 columns leave partial panels and
-# tails of panels in the last group of four; 64-wide groups as well as 32
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17])
+# rows 1..8, 9, 16, 17 and 35 reach every row-block variant (16-row blocks in the lanes layout,
+# the rest in the column layout); 40 and 200 columns leave partial panels and tails of panels in
+# the last group of four; 64-wide groups as well as 32
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 35])
 @pytest.mark.parametrize("n,k,group", [(40, 64, 32), (200, 128, 32), (96, 256, 64)])
 def test_int4_matches_its_float64_definition(m, n, k, group):
     g = torch.Generator().manual_seed(m * 1000 + n)
@@ -45,7 +46,7 @@ def test_int4_matches_its_float64_definition(m, n, k, group):
     assert torch.equal(cpu_qgemm.int4_mm(x, packed, torch.bfloat16), out.to(torch.bfloat16))
 
 
-@pytest.mark.parametrize("m", [1, 3, 8, 13])
+@pytest.mark.parametrize("m", [1, 3, 8, 13, 16, 33])
 @pytest.mark.parametrize("n,k", [(40, 64), (1000, 96)])
 def test_int8_matches_its_float64_definition(m, n, k):
     g = torch.Generator().manual_seed(m * 7 + n)
@@ -91,6 +92,22 @@ def test_a_rows_result_does_not_depend_on_the_batch_or_the_threads():
             torch.set_num_threads(threads)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("group", [32, 512])
+def test_both_register_layouts_give_the_same_bits(group):
+    """Blocks of 16 rows put the rows in the lanes, the other rows the columns (and every row when
+    the group is over 256): each row of a 35-row batch equals that row alone, bit for bit, at 4 and 8
+    bits, with the lanes blocks' pairs gathered across threads."""
+    g = torch.Generator().manual_seed(group)
+    q, scale_zero = int4_weight(72, 1024, group, g)
+    q8, d = int8_weight(72, 1024, group, g)
+    x = torch.randn(35, 1024, generator=g).to(torch.bfloat16)
+    for mm, weights in ((cpu_qgemm.int4_mm, cpu_qgemm.pack_int4(q, scale_zero, group)),
+                        (cpu_qgemm.int8_mm, cpu_qgemm.pack_int8(q8, d, group))):
+        batch = mm(x, weights, torch.float32)
+        alone = torch.cat([mm(x[i:i + 1], weights, torch.float32) for i in range(35)])
+        assert torch.equal(batch, alone)
 
 
 def test_strided_rows_in_and_out():
