@@ -45,6 +45,7 @@ _SIGNATURES = {
     "store_kv": ([_P, _I64, _P, _I64, _P, _I64, _P, _I64, _I64], None),
     "decode_attention": ([_P, _I64, _P, _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I64, _F32], ctypes.c_int),
     "round_to_bf16": ([_P, _P, _I64], None),
+    "argmax_rows": ([_P, _I64, _I64, _I64, _P], None),
     "quantize_int4_groups_f32": ([_P, _I64, _I64, _P, _P, _I64, _I64, _I64], None),
     "quantize_int8_groups_f32": ([_P, _I64, _I64, _P, _P, _I64, _I64, _I64], None),
     # the decode fast path (localllm/worker/cpu_decode.py)
@@ -153,6 +154,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
     library().rms_norm(rows.data_ptr(), x_stride, residual_rows.data_ptr(), residual_stride, weight.data_ptr(),
                        out.data_ptr(), new_residual.data_ptr(), rows.shape[0], hidden, eps)
     return out, new_residual
+
+
+def argmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """torch.argmax(x, dim=-1) for x float32 [R, N] (unit stride in the last dim) -> int64 [R]."""
+    rows, stride = _rows(x)
+    out = torch.empty(rows.shape[0], dtype=torch.int64)
+    library().argmax_rows(rows.data_ptr(), stride, rows.shape[0], rows.shape[1], out.data_ptr())
+    return out
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:

@@ -219,6 +219,14 @@ def rotary_embedding(
     return reference.rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox_style)
 
 
+def argmax(logits: torch.Tensor) -> torch.Tensor:
+    """logits [R, V] -> int64 [R]: torch.argmax(logits, dim=-1), the first largest value of each row
+    (NaN counts as the largest), in C on the CPU (torch's is scalar there)."""
+    if logits.dim() == 2 and logits.shape[1] > 0 and _native(logits):
+        return cpu_native.argmax_rows(logits)
+    return logits.argmax(dim=-1)
+
+
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """x [..., 2I] -> silu(x[..., :I]) * x[..., I:] of shape [..., I]."""
     _check(x.shape[-1] % 2 == 0, lambda: f"last dim must be even, got {x.shape[-1]}")

@@ -19,6 +19,7 @@ from functools import cached_property
 
 import torch
 
+from localllm.kernels import ops
 from localllm.outputs import TokenLogprobs
 from localllm.worker.sampling_batch import _GREEDY_EPS, SamplingBatch, seeded_generator
 from localllm.worker.structured_output import apply_token_bitmask
@@ -194,12 +195,12 @@ class Sampler:
             logits = apply_token_bitmask(logits, batch.allowed_token_bitmask)
 
         if batch.all_greedy:
-            sampled = logits.argmax(dim=-1)
+            sampled = ops.argmax(logits)
         else:
             sampled = self._sample_random(logits, batch)
             if not batch.all_random:
                 greedy = batch.temperature < _GREEDY_EPS
-                sampled = torch.where(greedy, logits.argmax(dim=-1), sampled)
+                sampled = torch.where(greedy, ops.argmax(logits), sampled)
 
         pending = None
         rows = [i for i, k in enumerate(batch.num_logprobs) if k is not None]

@@ -311,6 +311,29 @@ def test_silu_and_mul(intermediate):
     torch.testing.assert_close(ops.silu_and_mul(x).double(), expected, atol=1e-6, rtol=1e-5)
 
 
+# --------------------------------------------------------------------------- argmax (greedy sampling)
+
+
+def test_argmax_is_torchs():
+    """The first largest value of each row, NaN counting as the largest, for a vocabulary that is
+    not a multiple of 16, ties, infinities and rows with a stride wider than the row."""
+    gen = torch.Generator().manual_seed(6)
+    wide = torch.randn(9, 49160, generator=gen)
+    x = wide[:, :49155]  # row stride 49160
+    x[1, 7] = x[1, 40000] = x[1].max() + 1  # a tie: the first wins
+    x[2, 100], x[2, 30000] = float("nan"), float("nan")
+    x[3] = float("-inf")
+    x[4, 49154] = float("inf")
+    x[5, 3], x[5, 49150] = float("inf"), float("nan")
+    x[6] = 0.0
+    x[7, 49150:] = 1e30  # the maximum in the scalar tail, tied
+    assert torch.equal(ops.argmax(x), x.argmax(dim=-1))
+    assert ops.argmax(x).tolist()[:6] == [x[0].argmax().item(), 7, 100, 0, 49154, 49150]
+    one = torch.randn(4, 1, generator=gen)
+    assert torch.equal(ops.argmax(one), torch.zeros(4, dtype=torch.int64))
+    assert ops.argmax(torch.empty(0, 5)).shape == (0,)
+
+
 # --------------------------------------------------------------------------- dispatch
 
 
@@ -323,6 +346,11 @@ def test_float32_cpu_calls_run_the_c_kernels(backend, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the reference ran where the C kernel should have")
 
+    for name in ("rms_norm", "silu_and_mul", "rotary_embedding", "store_kv_cache", "paged_attention"):
+        monkeypatch.setattr(reference, name, refuse)
+    monkeypatch.setattr(torch.Tensor, "argmax", refuse)
+    ops.argmax(torch.randn(3, 40))
+    monkeypatch.undo()
     for name in ("rms_norm", "silu_and_mul", "rotary_embedding", "store_kv_cache", "paged_attention"):
         monkeypatch.setattr(reference, name, refuse)
     gen = torch.Generator().manual_seed(5)
