@@ -43,7 +43,8 @@ _SIGNATURES = {
     "silu_and_mul": ([_P, _I64, _P, _I64, _I64], None),
     "rotary_neox": ([_P, _P, _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I64], None),
     "store_kv": ([_P, _I64, _P, _I64, _P, _I64, _P, _I64, _I64], None),
-    "decode_attention": ([_P, _I64, _P, _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I64, _F32], ctypes.c_int),
+    "decode_attention": ([_P, _I64, _P, _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I64, _F32, ctypes.c_int],
+                         ctypes.c_int),
     "round_to_bf16": ([_P, _P, _I64], None),
     "argmax_rows": ([_P, _I64, _I64, _I64, _P], None),
     "quantize_int4_groups_f32": ([_P, _I64, _I64, _P, _P, _I64, _I64, _I64], None),
@@ -57,8 +58,8 @@ _SIGNATURES = {
     "qgemm_pack_int8": ([_P, _I64, _I64, _P], None),
     "qgemm_int4": ([_P, _I64, _P, _P, _P, ctypes.c_int, _I64, _I64, _I64, _I64, _I64, ctypes.c_int], ctypes.c_int),
     "qgemm_int8": ([_P, _I64, _P, _P, _P, ctypes.c_int, _I64, _I64, _I64, _I64, _I64, ctypes.c_int], ctypes.c_int),
-    "attention_step": ([_P, ctypes.c_int, _I64, _P, _P, _P, _I64, _P, _I64, _P, _P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I64,
-                        _F32], ctypes.c_int),
+    "attention_step": ([_P, ctypes.c_int, _I64, _P, _P, _P, _I64, _P, ctypes.c_int, _I64, _P, _P, _I64, _P, _P, _I64, _I64,
+                        _I64, _I64, _I64, _F32], ctypes.c_int),
 }
 
 
@@ -196,7 +197,8 @@ def store_kv(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slo
 
 def decode_attention(query: torch.Tensor, kv_cache: torch.Tensor, seq_lens: torch.Tensor, block_table: torch.Tensor,
                      scale: float) -> torch.Tensor:
-    """query [S, Hq, D] (heads contiguous within a token) -> [S, Hq, D]."""
+    """query [S, Hq, D] float32 (heads contiguous within a token) -> [S, Hq, D]; kv_cache float32 or
+    bfloat16 (widened as it is read)."""
     num_seqs, num_heads, head_size = query.shape
     _, num_blocks, block_size, num_kv_heads, _ = kv_cache.shape
     out = torch.empty((num_seqs, num_heads, head_size), dtype=query.dtype)
@@ -206,7 +208,7 @@ def decode_attention(query: torch.Tensor, kv_cache: torch.Tensor, seq_lens: torc
     status = library().decode_attention(
         query.data_ptr(), query.stride(0), kv_cache.data_ptr(), num_blocks * block_size, block_table.data_ptr(),
         block_table.stride(0), seq_lens.data_ptr(), out.data_ptr(), num_seqs, num_heads, num_kv_heads, head_size,
-        block_size, scale,
+        block_size, scale, int(kv_cache.dtype == torch.bfloat16),
     )
     if status != 0:
         raise MemoryError("decode attention could not allocate its scratch")

@@ -161,7 +161,9 @@ def paged_attention(
         return attention_prefill.paged_attention_prefill(
             query, kv_cache, query_start_loc, seq_lens, block_table, scale, max_query_len, max_seq_len
         )
-    if max_query_len == 1 and _native(query, kv_cache) and query.stride(1) == head_size:
+    # a bfloat16 cache (CacheConfig.kv_cache_dtype) is read by the same C kernel, widened as it goes
+    if (max_query_len == 1 and _native(query) and kv_cache.device.type == "cpu"
+            and kv_cache.dtype in (torch.float32, torch.bfloat16) and query.stride(1) == head_size):
         return cpu_native.decode_attention(query, kv_cache, seq_lens, block_table, scale)
     return reference.paged_attention(
         query, kv_cache, query_start_loc, seq_lens, block_table, scale,

@@ -38,6 +38,9 @@ class ModelConfig:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
 
 
+KV_CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
 @dataclass(frozen=True)
 class CacheConfig:
     block_size: int = 16
@@ -48,6 +51,10 @@ class CacheConfig:
     gpu_memory_utilization: float = 0.90
     # KV cache budget on the CPU, in GiB, when num_blocks is not given.
     cpu_kv_cache_gib: float = 2.0
+    # "auto": the model's dtype, except bfloat16 for a CPU model run on int4 groups (llama.cpp
+    # keeps its KV cache in 16 bits too; it halves what each decode step reads); or "float32",
+    # "bfloat16" (CPU float32 models only), "float16".
+    kv_cache_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -58,6 +65,8 @@ class CacheConfig:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.cpu_kv_cache_gib <= 0:
             raise ValueError(f"cpu_kv_cache_gib must be > 0, got {self.cpu_kv_cache_gib}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from localllm.sampling_params import RequestOutputKind, SamplingParams
 
 class LLM:
     """LLM(model="smollm2", max_model_len=None, max_num_seqs=64, max_num_batched_tokens=None,
-    block_size=16, enable_prefix_caching=True, kv_cache_blocks=None, dtype="auto",
+    block_size=16, enable_prefix_caching=True, kv_cache_blocks=None, kv_cache_dtype="auto", dtype="auto",
     device="auto", seed=0, gpu_memory_utilization=0.9, enforce_eager=False,
     max_cudagraph_batch_size=None)"""
 

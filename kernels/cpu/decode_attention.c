@@ -56,19 +56,20 @@ static void chunk_row_offsets(const int32_t *blocks, int64_t start, int64_t coun
     for (int64_t p = count; p < CHUNK_POSITIONS; p++) row_offsets[p] = row_offsets[count - 1];
 }
 
-/* Every cache line of a chunk's keys and values, into L2 (a hint: it never faults). */
-static void prefetch_chunk(const float *keys, const float *values, const int64_t *row_offsets, int64_t count,
-                           int64_t width) {
+/* Every cache line of a chunk's keys and values, into L2 (a hint: it never faults). Rows of
+ * width elements of element_size bytes. */
+static void prefetch_chunk(const void *keys, const void *values, const int64_t *row_offsets, int64_t count,
+                           int64_t width, int64_t element_size) {
     for (int64_t p = 0; p < count; p++)
-        for (int64_t line = 0; line < width; line += 16) {
-            __builtin_prefetch(keys + row_offsets[p] + line, 0, 2);
-            __builtin_prefetch(values + row_offsets[p] + line, 0, 2);
+        for (int64_t byte = 0; byte < width * element_size; byte += 64) {
+            __builtin_prefetch((const char *)keys + row_offsets[p] * element_size + byte, 0, 2);
+            __builtin_prefetch((const char *)values + row_offsets[p] * element_size + byte, 0, 2);
         }
 }
 
-#ifdef __AVX512F__
-
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+#ifdef __AVX512F__
 
 /* Lane j of the result is the sum of the 16 lanes of v[j]: a transpose by unpacks and 128-bit
  * shuffles, 45 instructions for 16 dot products instead of a reduction each. */
@@ -109,10 +110,18 @@ ALWAYS_INLINE __m512 exp_approx16(__m512 x) {
 
 static inline __mmask16 first_lanes(int64_t n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
 
+/* Cache elements index .. index + 15 (those in mask; the rest 0) as float32: bfloat16 widens exactly. */
+ALWAYS_INLINE __m512 kv_load(const void *base, int64_t index, int bf16, __mmask16 mask) {
+    if (bf16)
+        return _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, (const uint16_t *)base + index)), 16));
+    return _mm512_maskz_loadu_ps(mask, (const float *)base + index);
+}
+
 /* Lane vectors of the dot products of `heads` query heads (a constant after inlining) with 4
  * consecutive rows: partial[h * 16 + j] for row j0 + j. */
-ALWAYS_INLINE void dot_lanes_4rows(const float *queries, const float *key_rows[4], int64_t head_size, int heads,
-                                   __m512 *partial) {
+ALWAYS_INLINE void dot_lanes_4rows(const float *queries, const void *keys, const int64_t key_rows[4], int64_t head_size,
+                                   int heads, int bf16, __m512 *partial) {
     const int64_t full = head_size & ~(int64_t)15;
     const __mmask16 tail = first_lanes(head_size - full);
     __m512 acc[4][HEAD_TILE];
@@ -120,7 +129,7 @@ ALWAYS_INLINE void dot_lanes_4rows(const float *queries, const float *key_rows[4
         for (int h = 0; h < heads; h++) acc[j][h] = _mm512_setzero_ps();
     for (int64_t d = 0; d < full; d += 16) {
         __m512 k[4];
-        for (int j = 0; j < 4; j++) k[j] = _mm512_loadu_ps(key_rows[j] + d);
+        for (int j = 0; j < 4; j++) k[j] = kv_load(keys, key_rows[j] + d, bf16, 0xffff);
         for (int h = 0; h < heads; h++) {
             const __m512 qv = _mm512_loadu_ps(queries + h * head_size + d);
             for (int j = 0; j < 4; j++) acc[j][h] = _mm512_fmadd_ps(qv, k[j], acc[j][h]);
@@ -128,7 +137,7 @@ ALWAYS_INLINE void dot_lanes_4rows(const float *queries, const float *key_rows[4
     }
     if (tail) {
         __m512 k[4];
-        for (int j = 0; j < 4; j++) k[j] = _mm512_maskz_loadu_ps(tail, key_rows[j] + full);
+        for (int j = 0; j < 4; j++) k[j] = kv_load(keys, key_rows[j] + full, bf16, tail);
         for (int h = 0; h < heads; h++) {
             const __m512 qv = _mm512_maskz_loadu_ps(tail, queries + h * head_size + full);
             for (int j = 0; j < 4; j++) acc[j][h] = _mm512_fmadd_ps(qv, k[j], acc[j][h]);
@@ -141,23 +150,23 @@ ALWAYS_INLINE void dot_lanes_4rows(const float *queries, const float *key_rows[4
 /* scores[h * CHUNK_POSITIONS + p] = (query h . key p) * scale for every query head h of the
  * sequence; partial: scratch of 16 vectors per query head. Lane sums of 16 positions are reduced
  * together. */
-static void chunk_scores(const float *queries, const float *keys, const int64_t *row_offsets, int64_t count,
-                         int64_t head_size, int64_t kv_heads, int64_t group, float scale, float *scores,
-                         __m512 *partial) {
+ALWAYS_INLINE void chunk_scores(const float *queries, const void *keys, const int64_t *row_offsets, int64_t count,
+                                int64_t head_size, int64_t kv_heads, int64_t group, float scale, int bf16,
+                                float *scores, __m512 *partial) {
     for (int64_t p0 = 0; p0 < count; p0 += 16) {
         for (int64_t j0 = 0; j0 < 16; j0 += 4) {
             for (int64_t kvh = 0; kvh < kv_heads; kvh++) {
-                const float *key_rows[4];
-                for (int j = 0; j < 4; j++) key_rows[j] = keys + row_offsets[p0 + j0 + j] + kvh * head_size;
+                int64_t key_rows[4];
+                for (int j = 0; j < 4; j++) key_rows[j] = row_offsets[p0 + j0 + j] + kvh * head_size;
                 for (int64_t h0 = 0; h0 < group; h0 += HEAD_TILE) {
                     const int64_t h = kvh * group + h0;
                     const float *qh = queries + h * head_size;
                     __m512 *out = partial + h * 16 + j0;
                     switch (group - h0 < HEAD_TILE ? group - h0 : HEAD_TILE) {
-                    case 1: dot_lanes_4rows(qh, key_rows, head_size, 1, out); break;
-                    case 2: dot_lanes_4rows(qh, key_rows, head_size, 2, out); break;
-                    case 3: dot_lanes_4rows(qh, key_rows, head_size, 3, out); break;
-                    default: dot_lanes_4rows(qh, key_rows, head_size, 4, out); break;
+                    case 1: dot_lanes_4rows(qh, keys, key_rows, head_size, 1, bf16, out); break;
+                    case 2: dot_lanes_4rows(qh, keys, key_rows, head_size, 2, bf16, out); break;
+                    case 3: dot_lanes_4rows(qh, keys, key_rows, head_size, 3, bf16, out); break;
+                    default: dot_lanes_4rows(qh, keys, key_rows, head_size, 4, bf16, out); break;
                     }
                 }
             }
@@ -192,17 +201,17 @@ static void chunk_softmax_row(float *row, int64_t count, float *max_out, float *
  * one fused multiply-add per position in position order. The sums stay in registers across the
  * positions (loading and storing them per position, with AVX-512 masked stores, ran at a fifth of
  * this speed on Zen 4); only a head size not a multiple of 16 masks its last vector. */
-ALWAYS_INLINE void value_tile(const float *weights, const float *values, const int64_t *row_offsets, int64_t padded,
-                              int64_t head_size, int64_t kv_offset, int64_t d0, int heads, float *acc) {
+ALWAYS_INLINE void value_tile(const float *weights, const void *values, const int64_t *row_offsets, int64_t padded,
+                              int64_t head_size, int64_t kv_offset, int64_t d0, int heads, int bf16, float *acc) {
     __mmask16 lanes[4];
     for (int v = 0; v < 4; v++) lanes[v] = d0 + 16 * v < head_size ? first_lanes(head_size - d0 - 16 * v) : 0;
     __m512 sum[HEAD_TILE][4];
     for (int h = 0; h < heads; h++)
         for (int v = 0; v < 4; v++) sum[h][v] = _mm512_setzero_ps();
     for (int64_t p = 0; p < padded; p++) {
-        const float *row = values + row_offsets[p] + kv_offset + d0;
+        const int64_t row = row_offsets[p] + kv_offset + d0;
         __m512 value[4];
-        for (int v = 0; v < 4; v++) value[v] = _mm512_maskz_loadu_ps(lanes[v], row + 16 * v);
+        for (int v = 0; v < 4; v++) value[v] = kv_load(values, row + 16 * v, bf16, lanes[v]);
         for (int h = 0; h < heads; h++) {
             const __m512 w = _mm512_set1_ps(weights[h * CHUNK_POSITIONS + p]);
             for (int v = 0; v < 4; v++) sum[h][v] = _mm512_fmadd_ps(w, value[v], sum[h][v]);
@@ -219,8 +228,8 @@ ALWAYS_INLINE void value_tile(const float *weights, const float *values, const i
 /* acc[h * head_size + d] = sum over p of weights[h * CHUNK_POSITIONS + p] * value_p[d] for every
  * query head h, in position order per element. Positions count .. the next multiple of 4 have
  * weight 0 and repeat the last row (as the scores' padding), adding exact zeros. */
-static void chunk_values(const float *weights, const float *values, const int64_t *row_offsets, int64_t count,
-                         int64_t head_size, int64_t kv_heads, int64_t group, float *acc) {
+ALWAYS_INLINE void chunk_values(const float *weights, const void *values, const int64_t *row_offsets, int64_t count,
+                                int64_t head_size, int64_t kv_heads, int64_t group, int bf16, float *acc) {
     const int64_t padded = (count + 3) & ~(int64_t)3;
     for (int64_t kvh = 0; kvh < kv_heads; kvh++)
         for (int64_t h0 = 0; h0 < group; h0 += HEAD_TILE) {
@@ -229,10 +238,10 @@ static void chunk_values(const float *weights, const float *values, const int64_
             float *a = acc + h * head_size;
             for (int64_t d0 = 0; d0 < head_size; d0 += 64) {
                 switch (group - h0 < HEAD_TILE ? group - h0 : HEAD_TILE) {
-                case 1: value_tile(w, values, row_offsets, padded, head_size, kvh * head_size, d0, 1, a); break;
-                case 2: value_tile(w, values, row_offsets, padded, head_size, kvh * head_size, d0, 2, a); break;
-                case 3: value_tile(w, values, row_offsets, padded, head_size, kvh * head_size, d0, 3, a); break;
-                default: value_tile(w, values, row_offsets, padded, head_size, kvh * head_size, d0, 4, a); break;
+                case 1: value_tile(w, values, row_offsets, padded, head_size, kvh * head_size, d0, 1, bf16, a); break;
+                case 2: value_tile(w, values, row_offsets, padded, head_size, kvh * head_size, d0, 2, bf16, a); break;
+                case 3: value_tile(w, values, row_offsets, padded, head_size, kvh * head_size, d0, 3, bf16, a); break;
+                default: value_tile(w, values, row_offsets, padded, head_size, kvh * head_size, d0, 4, bf16, a); break;
                 }
             }
         }
@@ -240,13 +249,18 @@ static void chunk_values(const float *weights, const float *values, const int64_
 
 #else /* portable C: the same steps, one row and one head at a time */
 
-static void chunk_scores(const float *queries, const float *keys, const int64_t *row_offsets, int64_t count,
-                         int64_t head_size, int64_t kv_heads, int64_t group, float scale, float *scores,
+/* Cache element i as float32 (bfloat16 widens exactly). */
+static inline float kv_float(const void *base, int64_t i, int bf16) {
+    return bf16 ? bf16_to_f32(((const uint16_t *)base)[i]) : ((const float *)base)[i];
+}
+
+static void chunk_scores(const float *queries, const void *keys, const int64_t *row_offsets, int64_t count,
+                         int64_t head_size, int64_t kv_heads, int64_t group, float scale, int bf16, float *scores,
                          void *partial) {
-    (void)partial;
+    float *key = partial; /* one row, widened: head_size floats */
     for (int64_t p = 0; p < count; p++)
         for (int64_t h = 0; h < kv_heads * group; h++) {
-            const float *key = keys + row_offsets[p] + (h / group) * head_size;
+            for (int64_t d = 0; d < head_size; d++) key[d] = kv_float(keys, row_offsets[p] + (h / group) * head_size + d, bf16);
             scores[h * CHUNK_POSITIONS + p] = dot(queries + h * head_size, key, head_size) * scale;
         }
 }
@@ -259,15 +273,15 @@ static void chunk_softmax_row(float *row, int64_t count, float *max_out, float *
     *sum_out = sum(row, count);
 }
 
-static void chunk_values(const float *weights, const float *values, const int64_t *row_offsets, int64_t count,
-                         int64_t head_size, int64_t kv_heads, int64_t group, float *acc) {
+static void chunk_values(const float *weights, const void *values, const int64_t *row_offsets, int64_t count,
+                         int64_t head_size, int64_t kv_heads, int64_t group, int bf16, float *acc) {
     memset(acc, 0, sizeof(float) * (size_t)(kv_heads * group * head_size));
     for (int64_t p = 0; p < count; p++)
         for (int64_t h = 0; h < kv_heads * group; h++) {
-            const float *value = values + row_offsets[p] + (h / group) * head_size;
+            const int64_t value = row_offsets[p] + (h / group) * head_size;
             const float weight = weights[h * CHUNK_POSITIONS + p];
             float *a = acc + h * head_size;
-            for (int64_t d = 0; d < head_size; d++) a[d] += weight * value[d];
+            for (int64_t d = 0; d < head_size; d++) a[d] += weight * kv_float(values, value + d, bf16);
         }
 }
 
@@ -282,13 +296,16 @@ static inline int64_t item_positions(int64_t seq_len, int64_t index) {
 /* One query token per sequence, at its last position: out[s, h] = softmax(q[s, h] . K^T * scale) V
  * over positions 0 .. seq_lens[s] - 1 of sequence s, read through its block table row. Query head
  * h reads kv head h / (Hq / Hkv). q [S, Hq, D] with row stride q_stride; out [S, Hq, D] contiguous.
- * A sequence of length 0 gives zeros. Returns 0, or -1 when the scratch cannot be allocated. */
-int decode_attention(const float *q, int64_t q_stride, const float *kv_cache, int64_t num_slots,
+ * The cache holds float32, or bfloat16 when kv_bf16 (widened exactly as it is read; everything
+ * else stays float32). A sequence of length 0 gives zeros. Returns 0, or -1 when the scratch
+ * cannot be allocated. */
+int decode_attention(const float *q, int64_t q_stride, const void *kv_cache, int64_t num_slots,
                      const int32_t *block_table, int64_t block_table_stride, const int32_t *seq_lens, float *out,
                      int64_t num_seqs, int64_t q_heads, int64_t kv_heads, int64_t head_size, int64_t block_size,
-                     float scale) {
+                     float scale, int kv_bf16) {
     const int64_t group = q_heads / kv_heads, width = kv_heads * head_size;
-    const float *keys = kv_cache, *values = kv_cache + num_slots * width;
+    const int64_t element_size = kv_bf16 ? (int64_t)sizeof(uint16_t) : (int64_t)sizeof(float);
+    const void *keys = kv_cache, *values = (const char *)kv_cache + num_slots * width * element_size;
     /* chunk c of the batch is chunk chunk_index[c] of sequence chunk_seq[c]; sequence s owns
      * chunks first_chunk[s] .. first_chunk[s + 1] - 1 */
     int64_t *first_chunk = malloc(sizeof(int64_t) * (size_t)(num_seqs + 1));
@@ -340,14 +357,24 @@ int decode_attention(const float *q, int64_t q_stride, const float *kv_cache, in
                     const int64_t next = chunk_seq[c + 1], next_count = item_positions(seq_lens[next], chunk_index[c + 1]);
                     chunk_row_offsets(block_table + next * block_table_stride, chunk_index[c + 1] * CHUNK_POSITIONS,
                                       next_count, block_size, width, next_offsets);
-                    prefetch_chunk(keys, values, next_offsets, next_count, width);
+                    prefetch_chunk(keys, values, next_offsets, next_count, width, element_size);
                 }
-                chunk_scores(q + s * q_stride, keys, row_offsets, count, head_size, kv_heads, group, scale, scores,
-                             (void *)partial);
+                const float *query = q + s * q_stride;
+                /* one branch per item: each side inlines its loads (bfloat16 widening or none) */
+                if (kv_bf16)
+                    chunk_scores(query, keys, row_offsets, count, head_size, kv_heads, group, scale, 1, scores,
+                                 (void *)partial);
+                else
+                    chunk_scores(query, keys, row_offsets, count, head_size, kv_heads, group, scale, 0, scores,
+                                 (void *)partial);
                 for (int64_t h = 0; h < q_heads; h++)
                     chunk_softmax_row(scores + h * CHUNK_POSITIONS, count, chunk_max + record + h, chunk_sum + record + h);
-                chunk_values(scores, values, row_offsets, count, head_size, kv_heads, group,
-                             chunk_acc + record * head_size);
+                if (kv_bf16)
+                    chunk_values(scores, values, row_offsets, count, head_size, kv_heads, group, 1,
+                                 chunk_acc + record * head_size);
+                else
+                    chunk_values(scores, values, row_offsets, count, head_size, kv_heads, group, 0,
+                                 chunk_acc + record * head_size);
             }
 #pragma omp barrier /* the merge reads every thread's items */
             /* out = sum over chunks of acc_c * e^(m_c - m) / sum over chunks of l_c * e^(m_c - m),

@@ -151,10 +151,10 @@ void argmax_rows(const float *x, int64_t x_stride, int64_t rows, int64_t cols, i
 }
 
 /* decode_attention lives in decode_attention.c (one query token per sequence over the paged cache). */
-int decode_attention(const float *q, int64_t q_stride, const float *kv_cache, int64_t num_slots,
+int decode_attention(const float *q, int64_t q_stride, const void *kv_cache, int64_t num_slots,
                      const int32_t *block_table, int64_t block_table_stride, const int32_t *seq_lens, float *out,
                      int64_t num_seqs, int64_t q_heads, int64_t kv_heads, int64_t head_size, int64_t block_size,
-                     float scale);
+                     float scale, int kv_bf16);
 
 /* ------------------------------------------------------------------ the decode fast path
  * The steps of one decoder layer between its int4 matmuls (which take and give bfloat16), each
@@ -219,13 +219,14 @@ int silu_and_mul_step(const void *x, int x_is_bf16, int64_t x_stride, const floa
 
 /* One decode step of attention from the qkv projection (bfloat16 or float32 rows): per token,
  * q | k | v = float32(qkv[t]) [+ bias]; q and k rotated (neox) at positions[t]; k and v stored at slots[t]; then every
- * token's query attends over its sequence (token t is sequence t), to out_bf16 [T, Hq * D].
+ * token's query attends over its sequence (token t is sequence t), to out_bf16 [T, Hq * D]. The
+ * cache holds float32, or bfloat16 when kv_bf16 (k and v rounded to it as torch rounds).
  * Returns 0, or -1 when scratch memory cannot be allocated. */
 int attention_step(const void *qkv, int qkv_is_bf16, int64_t qkv_stride, const float *bias, const int64_t *positions,
-                   const float *cos_sin, int64_t rot_dim, float *kv_cache, int64_t num_slots, const int64_t *slots,
-                   const int32_t *block_table, int64_t block_table_stride, const int32_t *seq_lens, uint16_t *out,
-                   int64_t tokens, int64_t q_heads, int64_t kv_heads, int64_t head_size, int64_t block_size,
-                   float scale) {
+                   const float *cos_sin, int64_t rot_dim, void *kv_cache, int kv_bf16, int64_t num_slots,
+                   const int64_t *slots, const int32_t *block_table, int64_t block_table_stride,
+                   const int32_t *seq_lens, uint16_t *out, int64_t tokens, int64_t q_heads, int64_t kv_heads,
+                   int64_t head_size, int64_t block_size, float scale) {
     const int64_t q_width = q_heads * head_size, kv_width = kv_heads * head_size;
     const int64_t width = q_width + 2 * kv_width;
     const size_t element = qkv_is_bf16 ? sizeof(uint16_t) : sizeof(float);
@@ -248,14 +249,22 @@ int attention_step(const void *qkv, int qkv_is_bf16, int64_t qkv_stride, const f
                 rotate_head(row + h * head_size, cos, sin, queries + t * q_width + h * head_size, head_size, rot_dim);
             for (int64_t h = 0; h < kv_heads; h++)
                 rotate_head(row + q_width + h * head_size, cos, sin, rotated_k + h * head_size, head_size, rot_dim);
-            store_kv(rotated_k, kv_width, row + q_width + kv_width, kv_width, kv_cache, num_slots, slots + t, 1,
-                     kv_width);
+            if (kv_bf16) {
+                if (slots[t] >= 0) {
+                    uint16_t *keys = kv_cache, *values = keys + num_slots * kv_width;
+                    narrow_row(rotated_k, keys + slots[t] * kv_width, kv_width);
+                    narrow_row(row + q_width + kv_width, values + slots[t] * kv_width, kv_width);
+                }
+            } else {
+                store_kv(rotated_k, kv_width, row + q_width + kv_width, kv_width, kv_cache, num_slots, slots + t, 1,
+                         kv_width);
+            }
         }
         free(row);
     }
     if (status != 0) goto done;
     status = decode_attention(queries, q_width, kv_cache, num_slots, block_table, block_table_stride, seq_lens, context,
-                              tokens, q_heads, kv_heads, head_size, block_size, scale);
+                              tokens, q_heads, kv_heads, head_size, block_size, scale, kv_bf16);
     if (status == 0) narrow_row(context, out, tokens * q_width);
 done:
     free(queries);

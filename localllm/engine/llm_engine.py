@@ -34,6 +34,7 @@ def build_engine_config(
     kv_cache_blocks: int | None = None,
     gpu_memory_utilization: float = 0.90,
     cpu_kv_cache_gib: float = 2.0,
+    kv_cache_dtype: str = "auto",
     dtype: str = "auto",
     device: str = "auto",
     seed: int = 0,
@@ -73,6 +74,7 @@ def build_engine_config(
             num_blocks=kv_cache_blocks,
             gpu_memory_utilization=gpu_memory_utilization,
             cpu_kv_cache_gib=cpu_kv_cache_gib,
+            kv_cache_dtype=kv_cache_dtype,
         ),
         scheduler=SchedulerConfig(
             max_num_seqs=max_num_seqs,

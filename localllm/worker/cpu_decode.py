@@ -130,7 +130,7 @@ class CPUDecodePath:
 
     def applies(self, metadata: AttentionMetadata, kv_caches: list[torch.Tensor]) -> bool:
         return (metadata.max_query_len == 1 and ops.get_backend() == "auto"
-                and kv_caches[0].dtype == torch.float32 and kv_caches[0].is_contiguous())
+                and kv_caches[0].dtype in (torch.float32, torch.bfloat16) and kv_caches[0].is_contiguous())
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata,
@@ -143,6 +143,7 @@ class CPUDecodePath:
         step = (positions.data_ptr(), _ptr(self.cos_sin), self.cos_sin.shape[1])
         tables = (slots.data_ptr(), block_table.data_ptr(), block_table.stride(0), seq_lens.data_ptr())
         _, num_blocks, block_size = kv_caches[0].shape[:3]
+        kv_bf16 = _is_bf16(kv_caches[0])
         num_slots = num_blocks * block_size
 
         x = F.embedding(input_ids, self.embedding)
@@ -166,7 +167,7 @@ class CPUDecodePath:
             qkv = layer.qkv(normed, qkv_out, threads)
             _ok(lib.attention_step(
                 qkv.data_ptr(), _is_bf16(qkv), qkv.stride(0), _ptr(layer.qkv.linear.bias), step[0], step[1], step[2],
-                kv_caches[layer.layer_idx].data_ptr(), num_slots, tables[0], tables[1], tables[2], tables[3],
+                kv_caches[layer.layer_idx].data_ptr(), kv_bf16, num_slots, tables[0], tables[1], tables[2], tables[3],
                 context.data_ptr(), tokens, self.num_heads, self.num_kv_heads, self.head_size, block_size, self.scale,
             ))
             o = layer.o(context, o_out, threads)

@@ -61,10 +61,27 @@ def resolve_quantization(requested: str | None, checkpoint: Checkpoint, device: 
     return requested
 
 
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_kv_cache_dtype(name: str, model_dtype: torch.dtype, quantization: str | None,
+                           device: torch.device) -> torch.dtype:
+    """CacheConfig.kv_cache_dtype -> the cache's dtype. "auto" is the model's, except bfloat16 for a
+    CPU model on int4 groups. Another dtype than the model's is a CPU float32 model's bfloat16
+    (the CPU kernels read it; the GPU kernels read the model's dtype only)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cpu" and quantization == "int4" else model_dtype
+    dtype = _DTYPES[name]
+    if dtype != model_dtype and not (device.type == "cpu" and model_dtype == torch.float32 and dtype == torch.bfloat16):
+        raise ValueError(f"kv_cache_dtype {name!r} with a {str(model_dtype).removeprefix('torch.')} model on "
+                         f"{device.type}: only the model's dtype, or bfloat16 for a float32 model on the CPU")
+    return dtype
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+    return _DTYPES[name]
 
 
 class ModelRunner:
@@ -96,7 +113,9 @@ class ModelRunner:
         self.cpu_decode = CPUDecodePath.build(self.model) if self.quantization == "int4" else None
 
         num_layers, num_kv_heads, head_dim = kv_cache_spec(checkpoint.hf_config)
-        bytes_per_block = kv_bytes_per_block(num_layers, num_kv_heads, head_dim, self.block_size, self.dtype)
+        self.kv_cache_dtype = resolve_kv_cache_dtype(cache_config.kv_cache_dtype, self.dtype, self.quantization,
+                                                     self.device)
+        bytes_per_block = kv_bytes_per_block(num_layers, num_kv_heads, head_dim, self.block_size, self.kv_cache_dtype)
         max_useful_blocks = scheduler_config.max_num_seqs * -(-scheduler_config.max_model_len // self.block_size)
         hidden = checkpoint.hf_config.hidden_size
         vocab = checkpoint.hf_config.vocab_size
@@ -106,7 +125,7 @@ class ModelRunner:
         )
         self.kv_cache_bytes = self.num_blocks * bytes_per_block
         self.kv_caches = allocate_kv_caches(
-            num_layers, self.num_blocks, self.block_size, num_kv_heads, head_dim, self.dtype, self.device
+            num_layers, self.num_blocks, self.block_size, num_kv_heads, head_dim, self.kv_cache_dtype, self.device
         )
         self.sampler = Sampler()
         self.generators: dict[str, torch.Generator] = {}

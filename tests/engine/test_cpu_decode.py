@@ -57,9 +57,16 @@ def assert_same_outputs(fast, modules):
                 assert {t: e.logprob for t, e in lp_x.items()} == {t: e.logprob for t, e in lp_y.items()}
 
 
-def test_smollm2_int4_fast_path_gives_the_modules_bits(smollm2_gguf, make_llm):
-    llm = make_llm(smollm2_gguf, quantization="auto", max_model_len=512, max_num_seqs=8, enable_prefix_caching=False)
-    assert llm.engine.runner.quantization == "int4"
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "float32"])
+def test_smollm2_int4_fast_path_gives_the_modules_bits(smollm2_gguf, make_llm, kv_cache_dtype):
+    """With the int4 path's default bfloat16 KV cache (the fast path rounds k and v as the modules'
+    store does) and with a float32 one."""
+    llm = make_llm(smollm2_gguf, quantization="auto", max_model_len=512, max_num_seqs=8, enable_prefix_caching=False,
+                   kv_cache_dtype=kv_cache_dtype)
+    runner = llm.engine.runner
+    assert runner.quantization == "int4"
+    expected = torch.bfloat16 if kv_cache_dtype == "auto" else torch.float32
+    assert runner.kv_cache_dtype == expected and all(c.dtype == expected for c in runner.kv_caches)
     prompts = [{"prompt_token_ids": list(range(100, 100 + n))} for n in (3, 17, 40, 90)]
     params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, logprobs=5)
     fast, modules, steps = run_both(llm, prompts, params)

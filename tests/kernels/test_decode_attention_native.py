@@ -15,12 +15,12 @@ def native():
         pytest.skip("the C CPU kernels could not be built on this machine")
 
 
-def _batch(seq_lens, num_heads, num_kv_heads, head_size, block_size, seed):
-    """Random cache whose blocks are handed out in shuffled order; query [S, Hq, D]."""
+def _batch(seq_lens, num_heads, num_kv_heads, head_size, block_size, seed, kv_dtype=torch.float32):
+    """Random cache (kv_dtype) whose blocks are handed out in shuffled order; query [S, Hq, D]."""
     gen = torch.Generator().manual_seed(seed)
     blocks_per_seq = [-(-n // block_size) for n in seq_lens]
     num_blocks = sum(blocks_per_seq) + 2
-    kv_cache = torch.randn(2, num_blocks, block_size, num_kv_heads, head_size, generator=gen)
+    kv_cache = torch.randn(2, num_blocks, block_size, num_kv_heads, head_size, generator=gen).to(kv_dtype)
     order = torch.randperm(num_blocks, generator=gen).to(torch.int32)
     block_table = torch.zeros(len(seq_lens), max(blocks_per_seq) + 1, dtype=torch.int32)
     used = 0
@@ -36,10 +36,12 @@ def _attend(query, kv_cache, seq_lens, block_table):
                                        query.shape[-1] ** -0.5)
 
 
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("head_size,num_kv_heads,group,block_size", [(64, 3, 3, 16), (128, 2, 4, 16), (80, 1, 5, 32)])
-def test_each_sequence_alone_is_bitwise_its_row_in_a_batch(head_size, num_kv_heads, group, block_size):
+def test_each_sequence_alone_is_bitwise_its_row_in_a_batch(head_size, num_kv_heads, group, block_size, kv_dtype):
     seq_lens = [1, 700, 33, 0, 200, 16, 5, 1000, 64, 17, 2, 129, 48, 31, 300, 9]  # 700, 1000: many blocks
-    query, kv_cache, block_table = _batch(seq_lens, num_kv_heads * group, num_kv_heads, head_size, block_size, seed=head_size)
+    query, kv_cache, block_table = _batch(seq_lens, num_kv_heads * group, num_kv_heads, head_size, block_size,
+                                          seed=head_size, kv_dtype=kv_dtype)
     batched = _attend(query, kv_cache, seq_lens, block_table)
     for i, n in enumerate(seq_lens):
         alone = _attend(query[i:i + 1].clone(), kv_cache, [n], block_table[i:i + 1].clone())
@@ -77,3 +79,14 @@ def test_long_shuffled_context_matches_float64():
             scores = keys[:, h // 4] @ query[i, h].double() * 128 ** -0.5
             expected = torch.softmax(scores, 0) @ values[:, h // 4]
             torch.testing.assert_close(out[i, h].double(), expected, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("head_size,num_kv_heads,group", [(64, 3, 3), (80, 1, 5)])
+def test_a_bfloat16_cache_reads_as_its_exact_float32_widening(head_size, num_kv_heads, group):
+    """bfloat16 widens to float32 exactly and the arithmetic after it is the float32 kernel's, so a
+    bfloat16 cache gives the bits of the float32 cache holding the same values."""
+    seq_lens = [1, 300, 33, 16, 80]
+    query, kv_cache, block_table = _batch(seq_lens, num_kv_heads * group, num_kv_heads, head_size, 16, seed=21,
+                                          kv_dtype=torch.bfloat16)
+    assert torch.equal(_attend(query, kv_cache, seq_lens, block_table),
+                       _attend(query, kv_cache.float(), seq_lens, block_table))

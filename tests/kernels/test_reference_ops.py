@@ -106,6 +106,29 @@ def test_paged_attention(case, head_size, num_kv_heads, group, block_size):
     torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("case", ["decode", "decode_one", "mixed", "chunked"])
+def test_paged_attention_over_a_bfloat16_cache(case):
+    """A float32 model with a bfloat16 KV cache (CacheConfig.kv_cache_dtype): keys and values are
+    rounded as they are stored, then read widened; the result is attention over the rounded values."""
+    query_lens, seq_lens = ATTENTION_CASES[case]
+    query, kv_cache, block_table, starts = _make_batch(query_lens, seq_lens, 8, 2, 64, 16, seed=77)
+    rounded = kv_cache.to(torch.bfloat16)
+    kwargs = dict(query_start_loc=torch.tensor(starts, dtype=torch.int32),
+                  seq_lens=torch.tensor(seq_lens, dtype=torch.int32), block_table=block_table, scale=0.125,
+                  max_query_len=max(query_lens), max_seq_len=max(seq_lens), query_start_loc_cpu=starts,
+                  seq_lens_cpu=list(seq_lens))
+    out = ops.paged_attention(query, rounded, **kwargs)
+    assert out.dtype == torch.float32
+    expected = _naive_paged_attention(query, rounded.float(), block_table, query_lens, seq_lens, 0.125)
+    torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=1e-4)
+    if max(query_lens) == 1:  # decode: the C kernel under auto, bitwise the float32 widening
+        assert torch.equal(out, ops.paged_attention(query, rounded.float(), **kwargs))
+    fresh = torch.zeros_like(rounded)
+    slot_keys = torch.randn(3, 2, 64)
+    ops.store_kv_cache(slot_keys, -slot_keys, fresh, torch.tensor([0, 17, 40]))
+    assert torch.equal(fresh[0, 1, 1], slot_keys[1].to(torch.bfloat16))
+
+
 def _decode(query, kv_cache, block_table, seq_lens, max_seq_len):
     num_seqs = query.shape[0]
     return ops.paged_attention(
