@@ -41,6 +41,7 @@ Device = Annotated[str, _engine("auto, cpu, cuda or cuda:N.")]
 Dtype = Annotated[str, _engine("auto, float32, float16 or bfloat16.")]
 Quantization = Annotated[str, _engine("auto (int4 for a 4-bit GGUF on the CPU), int4 or none.")]
 KvCacheBlocks = Annotated[Optional[int], _engine("KV cache size in blocks (default: from memory).")]
+KvCacheDtype = Annotated[str, _engine("KV cache dtype: auto (the model's; bfloat16 for int4 on the CPU), float32 or bfloat16.")]
 
 
 # Options every offline command takes: --vs, --seed, --json and the engine's (name, type, default).
@@ -48,6 +49,7 @@ _COMMON = (
     ("vs", Vs, None), ("seed", Seed, 0), ("json_path", JsonPath, None), ("max_model_len", MaxModelLen, None),
     ("max_num_seqs", MaxNumSeqs, 64), ("device", Device, "auto"), ("dtype", Dtype, "auto"),
     ("quantization", Quantization, "auto"), ("kv_cache_blocks", KvCacheBlocks, None),
+    ("kv_cache_dtype", KvCacheDtype, "auto"),
 )
 
 

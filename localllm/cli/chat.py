@@ -57,6 +57,7 @@ def chat(
     device: Annotated[str, _engine("auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, _engine("auto, float32, float16 or bfloat16.")] = "auto",
     kv_cache_blocks: Annotated[Optional[int], _engine("KV cache size in blocks (default: from memory).")] = None,
+    kv_cache_dtype: Annotated[str, _engine("KV cache dtype: auto (the model's; bfloat16 for int4 on the CPU), float32 or bfloat16.")] = "auto",
 ) -> None:
     """Chat with MODEL in the terminal: streamed Markdown answers, saved chats, live engine figures."""
     from localllm.tui.settings import ChatSettings
@@ -70,7 +71,8 @@ def chat(
         fail(str(e))
     if resume and chat_id is not None:
         fail("--continue and --chat are exclusive")
-    engine_args = {"max_model_len": max_model_len, "device": device, "dtype": dtype, "kv_cache_blocks": kv_cache_blocks}
+    engine_args = {"max_model_len": max_model_len, "device": device, "dtype": dtype, "kv_cache_blocks": kv_cache_blocks,
+                   "kv_cache_dtype": kv_cache_dtype}
 
     from localllm.tui.app import LATEST, ChatApp
     from localllm.tui.store import ChatStore

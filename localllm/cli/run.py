@@ -68,6 +68,7 @@ def run(
     device: Annotated[str, _engine("auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, _engine("auto, float32, float16 or bfloat16.")] = "auto",
     kv_cache_blocks: Annotated[Optional[int], _engine("KV cache size in blocks (default: from memory).")] = None,
+    kv_cache_dtype: Annotated[str, _engine("KV cache dtype: auto (the model's; bfloat16 for int4 on the CPU), float32 or bfloat16.")] = "auto",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print timings and token counts on stderr.")] = False,
 ) -> None:
     """Run MODEL on one PROMPT and stream the answer to stdout."""
@@ -90,7 +91,8 @@ def run(
         t0 = time.perf_counter()
         try:
             engine = _make_engine(
-                model, max_model_len=max_model_len, device=device, dtype=dtype, kv_cache_blocks=kv_cache_blocks
+                model, max_model_len=max_model_len, device=device, dtype=dtype, kv_cache_blocks=kv_cache_blocks,
+                kv_cache_dtype=kv_cache_dtype,
             )
         except ValueError as e:  # the engine's config checks: bad --dtype, --device, ...
             fail(str(e))

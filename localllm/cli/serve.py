@@ -69,6 +69,7 @@ def serve(
     dtype: Annotated[str, _engine("auto, float32, float16 or bfloat16.")] = "auto",
     quantization: Annotated[str, _engine("auto (int4 for a 4-bit GGUF on the CPU), int4 or none.")] = "auto",
     kv_cache_blocks: Annotated[Optional[int], _engine("KV cache size in blocks (default: from memory).")] = None,
+    kv_cache_dtype: Annotated[str, _engine("KV cache dtype: auto (the model's; bfloat16 for int4 on the CPU), float32 or bfloat16.")] = "auto",
     log_level: Annotated[str, typer.Option(help="uvicorn's log level: debug, info, warning, error.")] = "info",
 ) -> None:
     """Serve MODEL over HTTP: the OpenAI API under /v1 and the Ollama API under /api."""
@@ -92,6 +93,7 @@ def serve(
         llm = _make_engine(
             model, max_model_len=max_model_len, max_num_seqs=max_num_seqs, device=device, dtype=dtype,
             quantization=None if quantization == "none" else quantization, kv_cache_blocks=kv_cache_blocks,
+            kv_cache_dtype=kv_cache_dtype,
         )
     except (LocalLLMError, ValueError) as e:
         sock.close()

@@ -57,12 +57,13 @@ def test_engine_flags_reach_the_engine(fake_engine):
     _, calls = fake_engine
     result = runner.invoke(app, [
         "run", "./some/model", "hi", "--max-model-len", "256", "--device", "cpu",
-        "--dtype", "float32", "--kv-cache-blocks", "64",
+        "--dtype", "float32", "--kv-cache-blocks", "64", "--kv-cache-dtype", "bfloat16",
     ])
     assert result.exit_code == 0, result.output
     model, kwargs = calls[0]
     assert model == "./some/model"
-    assert kwargs == {"max_model_len": 256, "device": "cpu", "dtype": "float32", "kv_cache_blocks": 64}
+    assert kwargs == {"max_model_len": 256, "device": "cpu", "dtype": "float32", "kv_cache_blocks": 64,
+                      "kv_cache_dtype": "bfloat16"}
 
 
 def test_chat_template_applied_with_system(fake_engine):
