@@ -44,7 +44,7 @@ class LocalBackend(Backend):
         tied = bool(getattr(self.engine.checkpoint.hf_config, "tie_word_embeddings", False)) and hasattr(
             model.lm_head, "weight")
         tensors = [*model.named_parameters(), *model.named_buffers()]
-        element_size = torch.empty((), dtype=self.engine.runner.dtype).element_size()
+        element_size = torch.empty((), dtype=self.engine.runner.kv_cache_dtype).element_size()  # the cache's, not the model's
         return {"weight_bytes": weight_bytes_read(tensors, tied),
                 "kv_bytes_per_token": kv_bytes_per_token(*kv_cache_spec(self.engine.checkpoint.hf_config), element_size)}
 

@@ -72,6 +72,17 @@ def test_latency_with_floor_memory_and_peers(tiny_llama, tmp_path):
     assert "bandwidth floor" in result.stdout and "memory bandwidth" in result.stdout
 
 
+def test_the_floor_counts_the_caches_bytes_not_the_models(tiny_llama, tmp_path):
+    """A float32 model with a bfloat16 KV cache reads 2 bytes a cached value, not 4."""
+    out = tmp_path / "l.json"
+    result = bench("latency", tiny_llama, "--batch-size", "1", "--input-len", "6", "--output-len", "3",
+                   "--num-iters", "1", "--device", "cpu", "--dtype", "float32", "--kv-cache-dtype", "bfloat16",
+                   "--json", str(out))
+    assert result.exit_code == 0, result.output
+    floor = json.loads(out.read_text())["results"]["localllm"]["floor"]
+    assert floor["kv_bytes_per_step"] == int(2 * 2 * 2 * 16 * 2 * floor["mean_context"])
+
+
 def test_llama_cpp_not_installed_is_said_not_raised(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import fails as if it were not installed
     with pytest.raises(PeerUnavailable, match=r"llama-cpp-python is not installed \(pip install llama-cpp-python\)"):
