@@ -75,13 +75,13 @@ def test_defaults_and_flags_reach_engine_and_server(fake_build):
     result = runner.invoke(app, [
         "serve", "./m.gguf", "--port", str(port), "--api-key", "k", "--served-model-name", "a", "--served-model-name", "b",
         "--max-num-seqs", "8", "--max-queue", "4", "--max-model-len", "512", "--quantization", "none",
-        "--kv-cache-blocks", "32", "--device", "cpu", "--dtype", "float32",
+        "--kv-cache-blocks", "32", "--kv-cache-dtype", "bfloat16", "--device", "cpu", "--dtype", "float32",
     ])
     assert result.exit_code == 0, result.output
     model, kwargs = fake_build["engine"]
     assert model == "./m.gguf"
     assert kwargs == {"max_model_len": 512, "max_num_seqs": 8, "device": "cpu", "dtype": "float32",
-                      "quantization": None, "kv_cache_blocks": 32}
+                      "quantization": None, "kv_cache_blocks": 32, "kv_cache_dtype": "bfloat16"}
     run = fake_build["run"]
     assert run["api_key"] == "k" and run["names"] == ["a", "b"] and run["max_pending_seqs"] == 12
 

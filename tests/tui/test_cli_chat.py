@@ -29,7 +29,7 @@ def test_flags_reach_the_app(launched, data_dir):
     result = runner.invoke(cli, [
         "chat", "./models/Qwen2.5-0.5B-Instruct.gguf", "--system", "Be brief.", "--temperature", "0",
         "--max-tokens", "64", "--top-k", "5", "--seed", "1", "--stop", "END", "--max-model-len", "4096",
-        "--device", "cpu", "--kv-cache-blocks", "32", "--continue",
+        "--device", "cpu", "--kv-cache-blocks", "32", "--kv-cache-dtype", "float32", "--continue",
     ])
     assert result.exit_code == 0, result.output
     app = launched[0]
@@ -40,7 +40,8 @@ def test_flags_reach_the_app(launched, data_dir):
     assert app.model_label == "Qwen2.5-0.5B-Instruct"
     assert isinstance(app.backend, EngineBackend) and app.backend.llm is None  # loads later, in the app
     assert app.backend.model == "./models/Qwen2.5-0.5B-Instruct.gguf"
-    assert app.backend.engine_args == {"max_model_len": 4096, "device": "cpu", "dtype": "auto", "kv_cache_blocks": 32}
+    assert app.backend.engine_args == {"max_model_len": 4096, "device": "cpu", "dtype": "auto", "kv_cache_blocks": 32,
+                                       "kv_cache_dtype": "float32"}
     assert app.store.path.parent == data_dir
 
 
