@@ -343,22 +343,27 @@ static void lanes16_gather(const Lanes16 *lanes, const uint16_t *x, int64_t x_st
     }
 }
 
-/* out [M, N] (row stride out_stride; bfloat16 when out_bf16, else float32) = x . W^T for 4-bit W.
- * x bfloat16 [M, K] with row stride x_stride. Returns 0, or -1 when scratch cannot be allocated. */
-int qgemm_int4(const uint16_t *x, int64_t x_stride, const uint8_t *codes, const uint16_t *scale_zero, void *out,
-               int out_bf16, int64_t out_stride, int64_t m, int64_t n, int64_t k, int64_t group, int threads) {
+/* out [M, N] (row stride out_stride; bfloat16 when out_bf16, else float32) = x . W^T for `bits`-bit
+ * W: 4 (codes [P, K / 4, 32], scales and zeros [P, G, 2, 16]) or 8 (codes [P, K / 2, 32], scales
+ * [P, G, 16]). x bfloat16 [M, K] with row stride x_stride. Returns 0, or -1 when scratch cannot be
+ * allocated. */
+static int qgemm(int bits, const uint16_t *x, int64_t x_stride, const void *codes, const uint16_t *scales, void *out,
+                 int out_bf16, int64_t out_stride, int64_t m, int64_t n, int64_t k, int64_t group, int threads) {
     const int64_t groups = k / group, panels = (n + 15) / 16;
     Lanes16 lanes;
-    float *xsum = malloc(sizeof(float) * (size_t)(m * groups > 0 ? m * groups : 1));
-    if (lanes16_alloc(&lanes, m, k, group) != 0 || xsum == NULL) {
+    /* the zeros' term needs each row's group sums (4-bit only) */
+    float *xsum = bits == 4 ? malloc(sizeof(float) * (size_t)(m * groups > 0 ? m * groups : 1)) : NULL;
+    if (lanes16_alloc(&lanes, m, k, group) != 0 || (bits == 4 && xsum == NULL)) {
         lanes16_free(&lanes);
         free(xsum);
         return -1;
     }
-    for (int64_t i = 0; i < m; i++) group_sums(x + i * x_stride, groups, group, xsum + i * groups);
-    for (int64_t b = 0; b < lanes.blocks; b++)
-        for (int64_t g = 0; g < groups; g++)
-            for (int r = 0; r < 16; r++) lanes.xsum_t[(b * groups + g) * 16 + r] = xsum[(b * 16 + r) * groups + g];
+    if (bits == 4) {
+        for (int64_t i = 0; i < m; i++) group_sums(x + i * x_stride, groups, group, xsum + i * groups);
+        for (int64_t b = 0; b < lanes.blocks; b++)
+            for (int64_t g = 0; g < groups; g++)
+                for (int r = 0; r < 16; r++) lanes.xsum_t[(b * groups + g) * 16 + r] = xsum[(b * 16 + r) * groups + g];
+    }
 #pragma omp parallel num_threads(threads)
     {
         lanes16_gather(&lanes, x, x_stride, k);
@@ -367,50 +372,40 @@ int qgemm_int4(const uint16_t *x, int64_t x_stride, const uint8_t *codes, const 
         for (int64_t group_start = share_start; group_start < share_end; group_start += PANEL_GROUP) {
             const int64_t group_end = group_start + PANEL_GROUP < share_end ? group_start + PANEL_GROUP : share_end;
             for (int64_t b = 0; b < lanes.blocks; b++)
-                for (int64_t panel = group_start; panel < group_end; panel++)
-                    lanes16_int4(lanes.x_pairs + b * k * 8, lanes.xsum_t + b * groups * 16, groups, codes, scale_zero,
-                                 k, group, out, out_bf16, out_stride, b * 16, panel, n);
-#define INT4_PASS(R, P)                                                                                         \
-        panels_int4(R, P, x + row * x_stride, x_stride, xsum + row * groups, groups, codes, scale_zero, k, group, \
-                    out, out_bf16, out_stride, row, panel, n)
-            FOR_BLOCKS(INT4_PASS, lanes.blocks * 16);
+                for (int64_t panel = group_start; panel < group_end; panel++) {
+                    if (bits == 4)
+                        lanes16_int4(lanes.x_pairs + b * k * 8, lanes.xsum_t + b * groups * 16, groups, codes, scales,
+                                     k, group, out, out_bf16, out_stride, b * 16, panel, n);
+                    else
+                        lanes16_int8(lanes.x_pairs + b * k * 8, groups, codes, scales, k, group, out, out_bf16,
+                                     out_stride, b * 16, panel, n);
+                }
+#define COLUMN_PASS(R, P)                                                                                       \
+    do {                                                                                                        \
+        if (bits == 4)                                                                                          \
+            panels_int4(R, P, x + row * x_stride, x_stride, xsum + row * groups, groups, codes, scales, k, group, \
+                        out, out_bf16, out_stride, row, panel, n);                                              \
+        else                                                                                                    \
+            panels_int8(R, P, x + row * x_stride, x_stride, groups, codes, scales, k, group, out, out_bf16,     \
+                        out_stride, row, panel, n);                                                             \
+    } while (0)
+            FOR_BLOCKS(COLUMN_PASS, lanes.blocks * 16);
+#undef COLUMN_PASS
         }
-#undef INT4_PASS
     }
     lanes16_free(&lanes);
     free(xsum);
     return 0;
 }
 
-/* The same for 8-bit W (codes [P, K / 2, 32], scales [P, G, 16]). Returns 0, or -1 as above. */
+int qgemm_int4(const uint16_t *x, int64_t x_stride, const uint8_t *codes, const uint16_t *scale_zero, void *out,
+               int out_bf16, int64_t out_stride, int64_t m, int64_t n, int64_t k, int64_t group, int threads) {
+    return qgemm(4, x, x_stride, codes, scale_zero, out, out_bf16, out_stride, m, n, k, group, threads);
+}
+
 int qgemm_int8(const uint16_t *x, int64_t x_stride, const int8_t *codes, const uint16_t *scales, void *out,
                int out_bf16, int64_t out_stride, int64_t m, int64_t n, int64_t k, int64_t group, int threads) {
-    const int64_t groups = k / group, panels = (n + 15) / 16;
-    Lanes16 lanes;
-    if (lanes16_alloc(&lanes, m, k, group) != 0) {
-        lanes16_free(&lanes);
-        return -1;
-    }
-#pragma omp parallel num_threads(threads)
-    {
-        lanes16_gather(&lanes, x, x_stride, k);
-        int64_t share_start, share_end;
-        thread_share(panels, &share_start, &share_end);
-        for (int64_t group_start = share_start; group_start < share_end; group_start += PANEL_GROUP) {
-            const int64_t group_end = group_start + PANEL_GROUP < share_end ? group_start + PANEL_GROUP : share_end;
-            for (int64_t b = 0; b < lanes.blocks; b++)
-                for (int64_t panel = group_start; panel < group_end; panel++)
-                    lanes16_int8(lanes.x_pairs + b * k * 8, groups, codes, scales, k, group, out, out_bf16, out_stride,
-                                 b * 16, panel, n);
-#define INT8_PASS(R, P)                                                                                    \
-        panels_int8(R, P, x + row * x_stride, x_stride, groups, codes, scales, k, group, out, out_bf16,      \
-                    out_stride, row, panel, n)
-            FOR_BLOCKS(INT8_PASS, lanes.blocks * 16);
-        }
-#undef INT8_PASS
-    }
-    lanes16_free(&lanes);
-    return 0;
+    return qgemm(8, x, x_stride, codes, scales, out, out_bf16, out_stride, m, n, k, group, threads);
 }
 
 #else /* no AVX512-BF16: callers use torch's kernels (kernels/cpu_qgemm.py checks this) */
