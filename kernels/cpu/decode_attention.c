@@ -333,11 +333,11 @@ int decode_attention(const float *q, int64_t q_stride, const void *kv_cache, int
 
 #pragma omp parallel if (in_parallel && !failed)
     {
-        int64_t *row_offsets = malloc(sizeof(int64_t) * CHUNK_POSITIONS), next_offsets[CHUNK_POSITIONS];
+        int64_t row_offsets[CHUNK_POSITIONS], next_offsets[CHUNK_POSITIONS]; /* this item's rows, the next one's */
         float *scores = malloc(sizeof(float) * (size_t)(q_heads * CHUNK_POSITIONS));
         /* 16 lane vectors per query head, 64-byte aligned */
         float *partial = aligned_alloc(64, sizeof(float) * 256 * (size_t)q_heads);
-        if (row_offsets == NULL || scores == NULL || partial == NULL) {
+        if (scores == NULL || partial == NULL) {
 #pragma omp atomic write
             failed = 1;
         }
@@ -398,7 +398,6 @@ int decode_attention(const float *q, int64_t q_stride, const void *kv_cache, int
                 }
             }
         }
-        free(row_offsets);
         free(scores);
         free(partial);
     }
