@@ -1,7 +1,7 @@
 """GPU benchmark: the card's ceilings, the attention kernels, and the engine end to end, in one run.
 
     PYTHONPATH=. python3 benchmarks/bench_gpu.py [--output benchmarks/results-<card>.json]
-        [--skip-hf] [--sections ceilings,decode_attention,prefill_attention,e2e,w4a16]
+        [--skip-hf] [--sections ceilings,decode_attention,prefill_attention,e2e,w4a16,prefill_sweep]
 
 1. Ceilings: device-to-device copy bandwidth (bytes read + written) and the bf16 matrix rate
    (8192^3 through torch.matmul), both measured here, not taken from a datasheet.
@@ -13,6 +13,8 @@
    figure next to Hugging Face transformers `generate` on the same weights:
    batch-1 decode tok/s (and the fraction of the bandwidth floor), throughput with 256 requests
    of 200 prompt / 180 output tokens, time to first token of one 8k-token prompt.
+5. W4A16 (benchmarks/bench_w4a16.py). 6. The prefill kernel's launch configs swept on section
+   3's shapes (PREFILL_SWEEP), last: it only informs prefill_config's table.
 Timings are medians of repeated runs after warm-up (triton.testing.do_bench for kernels).
 Writes JSON (with the card, versions and the command) and prints a table last.
 """
@@ -66,14 +68,15 @@ def ceilings() -> dict:
 # ---------------------------------------------------------------- 2. decode attention
 
 
-def _paged_batch(seq_lens: list[int], num_kv_heads: int, head_dim: int, block_size: int, dtype, seed: int):
+def _paged_batch(seq_lens: list[int], num_kv_heads: int, head_dim: int, block_size: int, dtype, seed: int,
+                 device: str = "cuda"):
     """A cache holding seq_lens[i] random tokens of each sequence in shuffled blocks."""
-    gen = torch.Generator(device="cuda").manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     blocks = [-(-s // block_size) for s in seq_lens]
     num_blocks = sum(blocks) + 1
-    kv_cache = torch.randn(2, num_blocks, block_size, num_kv_heads, head_dim, dtype=dtype, device="cuda", generator=gen)
-    order = torch.randperm(num_blocks, device="cuda", generator=gen).to(torch.int32)
-    table = torch.zeros(len(seq_lens), max(blocks), dtype=torch.int32, device="cuda")
+    kv_cache = torch.randn(2, num_blocks, block_size, num_kv_heads, head_dim, dtype=dtype, device=device, generator=gen)
+    order = torch.randperm(num_blocks, device=device, generator=gen).to(torch.int32)
+    table = torch.zeros(len(seq_lens), max(blocks), dtype=torch.int32, device=device)
     start = 0
     for i, n in enumerate(blocks):
         table[i, :n] = order[start : start + n]
@@ -176,6 +179,59 @@ def prefill_attention() -> dict:
             "rel_err_vs_sdpa": rel_err,
         }
         del kv_cache, k, v, k_full, v_full
+    return out
+
+
+# Launch configs (block_m, block_n, block_n_diag, num_warps, num_stages) the sweep times; the
+# first is prefill_config's default at D=128 bf16. Unmeasured alternatives: smaller key tiles
+# (less masked work on the diagonal of 32-token q tiles), fewer stages (two CTAs per SM).
+PREFILL_SWEEP = [
+    (128, 128, 128, 8, 3), (128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (128, 128, 32, 8, 2),
+    (128, 64, 64, 4, 3), (128, 64, 32, 4, 3), (128, 64, 64, 8, 3), (128, 64, 32, 8, 3),
+    (128, 64, 32, 4, 2), (64, 64, 64, 4, 3), (64, 64, 16, 4, 3), (64, 128, 16, 4, 2),
+]
+
+
+def prefill_sweep(timer=None, device: str = "cuda", dtype=torch.bfloat16,
+                  shapes=((1, 8192), (4, 2048), (16, 512)), heads=(32, 8, 128), configs=PREFILL_SWEEP) -> dict:
+    """TFLOP/s of each launch config in `configs` on prefill_attention's shapes (the first config's
+    output is the one the others must match); a config that fails to compile (shared memory), is
+    refused, or gives another output is recorded with why. timer(fn) -> ms (default bench_ms)."""
+    from localllm.kernels.triton.attention_prefill import paged_attention_prefill
+
+    timer = timer or (lambda fn: bench_ms(fn, warmup=25, rep=100))
+    out = {}
+    (num_heads, num_kv_heads, head_dim), block_size = heads, 16
+    for num_seqs, length in shapes:
+        seq_lens = [length] * num_seqs
+        kv_cache, table = _paged_batch(seq_lens, num_kv_heads, head_dim, block_size, dtype, seed=2, device=device)
+        query = torch.randn(num_seqs * length, num_heads, head_dim, dtype=dtype, device=device)
+        starts_t = torch.tensor([i * length for i in range(num_seqs + 1)], dtype=torch.int32, device=device)
+        seq_lens_t = torch.tensor(seq_lens, dtype=torch.int32, device=device)
+        flops = 4 * num_seqs * num_heads * head_dim * length * (length + 1) / 2
+
+        def run(cfg):
+            block_m, block_n, block_n_diag, num_warps, num_stages = cfg
+            return paged_attention_prefill(query, kv_cache, starts_t, seq_lens_t, table, head_dim**-0.5, length,
+                                           length, block_m=block_m, block_n=block_n, block_n_diag=block_n_diag,
+                                           num_warps=num_warps, num_stages=num_stages)
+
+        want = run(configs[0]).float()
+        shape = {}
+        for cfg in configs:
+            key = "m{}_n{}_diag{}_w{}_s{}".format(*cfg)
+            try:
+                rel_err = ((run(cfg).float() - want).norm() / want.norm()).item()
+                if rel_err > 1e-2:
+                    shape[key] = f"wrong output: rel err {rel_err:.3g} vs the default config"
+                    continue
+                shape[key] = float(f"{flops / timer(lambda: run(cfg)) / 1e9:.4g}")  # TFLOP/s
+            except Exception as e:  # out of shared memory, or a compile error: keep sweeping
+                shape[key] = f"{type(e).__name__}: {str(e)[:160]}"
+        timed = {k: v for k, v in shape.items() if isinstance(v, float)}
+        shape["best"] = max(timed, key=timed.get) if timed else None
+        out[f"{num_seqs}x{length}"] = shape
+        del kv_cache
     return out
 
 
@@ -387,7 +443,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", default=None)
     parser.add_argument("--skip-hf", action="store_true")
-    parser.add_argument("--sections", default="ceilings,decode_attention,prefill_attention,e2e,w4a16")
+    parser.add_argument("--sections", default="ceilings,decode_attention,prefill_attention,e2e,w4a16,prefill_sweep")
     args = parser.parse_args()
     sections = args.sections.split(",")
     props = torch.cuda.get_device_properties(0)
@@ -415,6 +471,8 @@ def main() -> int:
                 RESULTS["decode_attention"] = decode_attention(copy_gbs)
             elif name == "prefill_attention":
                 RESULTS["prefill_attention"] = prefill_attention()
+            elif name == "prefill_sweep":
+                RESULTS["prefill_sweep"] = prefill_sweep()
             elif name == "e2e":
                 RESULTS["end_to_end"] = end_to_end(copy_gbs, args.skip_hf)
             elif name == "w4a16":  # W4A16 kernel vs fp16 matmul, AWQ decode (benchmarks/bench_w4a16.py)

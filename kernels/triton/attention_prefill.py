@@ -81,7 +81,7 @@ def _prefill_kernel(
     qk_scale, num_seqs,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_kv, stride_block, stride_slot, stride_bt,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N_DIAG: tl.constexpr,
     OFFSET_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
     # NOTE: tiles in reverse order: the longest (last in each sequence) start first, shortening the tail.
@@ -115,9 +115,13 @@ def _prefill_kernel(
     k_base = kv_ptr + kv_head * HEAD_DIM
     v_base = k_base + stride_kv
     bt_row = block_table_ptr + seq.to(tl.int64) * stride_bt
-    # KV tiles [0, full_end) are visible to every row of the tile: no mask. The diagonal tiles
-    # [full_end, kv_end) are masked; kv_end is one past the last valid row's position.
-    full_end = (context_len + q_tile_start + 1) // BLOCK_N * BLOCK_N
+    # KV tiles [0, full_end) are visible to every row of the tile: no mask. Past it, tiles of
+    # BLOCK_N_DIAG (<= BLOCK_N, a divisor): [full_end, diag_start) still unmasked, the diagonal
+    # tiles [diag_start, kv_end) masked; kv_end is one past the last valid row's position. With
+    # BLOCK_Q < BLOCK_N the smaller diagonal tiles skip keys no row of the tile may see.
+    visible = context_len + q_tile_start + 1  # positions [0, visible) are seen by every row
+    full_end = visible // BLOCK_N * BLOCK_N
+    diag_start = visible // BLOCK_N_DIAG * BLOCK_N_DIAG
     kv_end = context_len + tl.minimum(q_tile_start + BLOCK_Q, q_len)
     # NOTE: each tile's slot offsets are loaded one tile ahead (loop-carried), so the K/V addresses
     # never wait on a block-table load of the same iteration: Triton's pipeliner then keeps
@@ -128,10 +132,20 @@ def _prefill_kernel(
         acc, m_i, l_i = _attend_tile(q, acc, m_i, l_i, slot, k_base, v_base, n0, kv_end, q_pos, qk_scale,
                                      offs_n, offs_d, False, DOT_DTYPE, PRECISION)
         slot = next_slot
-    for n0 in range(full_end, kv_end, BLOCK_N):
-        next_slot = _kv_slots(bt_row, n0 + BLOCK_N, kv_end, stride_block, stride_slot, offs_n, BLOCK_SIZE, OFFSET_DTYPE)
+    offs_nd = tl.arange(0, BLOCK_N_DIAG)
+    if BLOCK_N_DIAG != BLOCK_N:  # (equal: the loop above already carries full_end's slots)
+        slot = _kv_slots(bt_row, full_end, kv_end, stride_block, stride_slot, offs_nd, BLOCK_SIZE, OFFSET_DTYPE)
+    for n0 in range(full_end, diag_start, BLOCK_N_DIAG):
+        next_slot = _kv_slots(bt_row, n0 + BLOCK_N_DIAG, kv_end, stride_block, stride_slot, offs_nd, BLOCK_SIZE,
+                              OFFSET_DTYPE)
         acc, m_i, l_i = _attend_tile(q, acc, m_i, l_i, slot, k_base, v_base, n0, kv_end, q_pos, qk_scale,
-                                     offs_n, offs_d, True, DOT_DTYPE, PRECISION)
+                                     offs_nd, offs_d, False, DOT_DTYPE, PRECISION)
+        slot = next_slot
+    for n0 in range(diag_start, kv_end, BLOCK_N_DIAG):
+        next_slot = _kv_slots(bt_row, n0 + BLOCK_N_DIAG, kv_end, stride_block, stride_slot, offs_nd, BLOCK_SIZE,
+                              OFFSET_DTYPE)
+        acc, m_i, l_i = _attend_tile(q, acc, m_i, l_i, slot, k_base, v_base, n0, kv_end, q_pos, qk_scale,
+                                     offs_nd, offs_d, True, DOT_DTYPE, PRECISION)
         slot = next_slot
 
     out = acc / l_i[:, None]
@@ -167,11 +181,16 @@ def paged_attention_prefill(
     *,
     block_m: int | None = None,
     block_n: int | None = None,
+    block_n_diag: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> torch.Tensor:
     """Causal attention of a packed ragged batch, query [T, Hq, D] -> out [T, Hq, D] (query's dtype).
 
-    block_m / block_n override the tile sizes (tests). With short queries (max_query_len small) the
-    q tile shrinks to fit them, so decode rows in a mixed batch do not pay for a 128-row tile.
+    block_m / block_n / block_n_diag (the key tile on the diagonal, a power of two <= block_n;
+    default block_n) and num_warps / num_stages override the launch config (tests, the GPU
+    benchmark's sweep). With short queries (max_query_len small) the q tile shrinks to fit them,
+    so decode rows in a mixed batch do not pay for a 128-row tile.
     """
     num_tokens, num_heads, head_dim = query.shape
     block_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
@@ -181,12 +200,15 @@ def paged_attention_prefill(
         out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     if num_tokens == 0:
         return out
-    cfg_block_m, cfg_block_n, num_warps, num_stages = prefill_config(head_dim, query.dtype)
+    cfg_block_m, cfg_block_n, cfg_warps, cfg_stages = prefill_config(head_dim, query.dtype)
     block_m = block_m or min(cfg_block_m, max(16, triton.next_power_of_2(max(1, max_query_len) * group)))
     block_m = max(block_m, triton.next_power_of_2(group))
     block_n = block_n or cfg_block_n
-    if block_m < cfg_block_m:
-        num_warps = 4
+    block_n_diag = block_n_diag or block_n
+    if block_n % block_n_diag or block_n_diag < 16 or block_n_diag & (block_n_diag - 1):
+        raise ValueError(f"block_n_diag {block_n_diag} must be a power of two >= 16 dividing block_n {block_n}")
+    num_warps = num_warps or (cfg_warps if block_m >= cfg_block_m else 4)
+    num_stages = num_stages or cfg_stages
     block_q = block_m // group
     dot_dtype, precision = dot_types(query.dtype, _prefill_kernel)
     grid = (num_tokens // block_q + num_seqs, num_kv_heads)
@@ -199,7 +221,7 @@ def paged_attention_prefill(
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), block_table.stride(0),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
-        BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=block_n, OFFSET_DTYPE=offset_dtype,
+        BLOCK_M=block_m, BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_N_DIAG=block_n_diag, OFFSET_DTYPE=offset_dtype,
         DOT_DTYPE=dot_dtype, PRECISION=precision,
         num_warps=num_warps, num_stages=num_stages,
     )

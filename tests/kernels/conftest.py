@@ -30,3 +30,25 @@ KERNEL_DEVICE = "cuda" if HAS_CUDA else "cpu"
 REAL_SHAPES = HAS_CUDA
 
 requires_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ (not a package) as a module, for the tests that run its GPU
+    sections at toy shapes on the CPU."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def wall_timer(fn) -> float:
+    """Milliseconds of one call: the benchmarks' timer where do_bench's CUDA events do not exist."""
+    import time
+
+    started = time.perf_counter()
+    fn()
+    return (time.perf_counter() - started) * 1e3

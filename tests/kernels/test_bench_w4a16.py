@@ -4,37 +4,18 @@ die on a typo. Its figures here mean nothing; only that they are produced and sa
 
 from __future__ import annotations
 
-import importlib.util
-import time
-from pathlib import Path
-
 import pytest
 import torch
 
-from tests.kernels.conftest import requires_triton
+from tests.kernels.conftest import load_benchmark, requires_triton, wall_timer
 
 pytest.importorskip("triton")
 pytestmark = requires_triton
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_w4a16.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("bench_w4a16", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _timer(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return (time.perf_counter() - started) * 1e3
-
 
 def test_kernel_section_at_toy_shapes():
-    bench = _module()
-    out = bench.kernel_figures(_timer, copy_gbs=10.0, device="cpu", dtype=torch.float32,
+    bench = load_benchmark("bench_w4a16")
+    out = bench.kernel_figures(wall_timer, copy_gbs=10.0, device="cpu", dtype=torch.float32,
                                shapes={"toy": (256, 64)}, batches=(1, 4))
     rows = out["toy K256 N64"]
     assert set(rows) == {"batch1", "batch4"}
@@ -45,7 +26,7 @@ def test_kernel_section_at_toy_shapes():
 
 
 def test_awq_decode_section_at_toy_shapes():
-    bench = _module()
+    bench = load_benchmark("bench_w4a16")
     config = bench.awq_llama_config(1024, layers=2, hidden=256, inter=512, vocab=512, heads=4, kv_heads=2)
     out = bench.decode_figures(copy_gbs=10.0, device="cpu", dtype=torch.float32, config=config, output_len=5)
     assert out["batch1_decode_tok_s"] > 0 and 0 < out["batch1_fraction_of_floor"]

@@ -190,16 +190,28 @@ def test_prefill(dtype, head_size, num_kv_heads, group, block_size, case):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", sorted(PREFILL_CASES))
-@pytest.mark.parametrize("group,block_m,block_n,block_size", [
-    (1, 16, 16, 32),  # many q tiles per sequence: binary search, tiles past a sequence exit
-    (4, 32, 32, 16),  # BLOCK_Q 8 < BLOCK_N: several diagonal tiles
-    (3, 64, 16, 64),  # non power-of-two group: padding rows in every tile
-    (2, None, None, 16),  # default tiles
+@pytest.mark.parametrize("group,block_m,block_n,block_n_diag,block_size", [
+    (1, 16, 16, None, 32),  # many q tiles per sequence: binary search, tiles past a sequence exit
+    (4, 32, 32, None, 16),  # BLOCK_Q 8 < BLOCK_N: several diagonal tiles
+    (3, 64, 16, None, 64),  # non power-of-two group: padding rows in every tile
+    (2, None, None, None, 16),  # default tiles
+    (4, 32, 64, 16, 16),  # diagonal tiles of 16 keys after tiles of 64: unmasked ones between
+    (1, 32, 64, 32, 32),  # BLOCK_Q 32 = the diagonal tile
+    (2, 64, 32, 16, 16),  # BLOCK_Q 32 > the diagonal tile: several masked ones
 ])
-def test_prefill_tiles(dtype, case, group, block_m, block_n, block_size):
+def test_prefill_tiles(dtype, case, group, block_m, block_n, block_n_diag, block_size):
     query_lens, seq_lens = PREFILL_CASES[case]
     _run_prefill(query_lens, seq_lens, 2, group, 64, block_size, dtype, seed=group + len(case),
-                 block_m=block_m, block_n=block_n)
+                 block_m=block_m, block_n=block_n, block_n_diag=block_n_diag)
+
+
+@pytest.mark.parametrize("block_n_diag", [8, 24, 128])
+def test_prefill_rejects_bad_diagonal_tile(block_n_diag):
+    query, kv_cache, meta, _ = _make_batch([3], [3], 2, 2, 64, 16, torch.float32, seed=0)
+    with pytest.raises(ValueError, match="block_n_diag"):
+        attention_prefill.paged_attention_prefill(query, kv_cache, meta["query_start_loc"], meta["seq_lens"],
+                                                  meta["block_table"], 0.125, 3, 3, block_n=64,
+                                                  block_n_diag=block_n_diag)
 
 
 def test_prefill_int64_offsets(monkeypatch):
