@@ -4,7 +4,9 @@
    against the fp16 matmul (torch F.linear) on Llama-3-8B layer shapes (qkv 4096x6144, o
    4096x4096, gate_up 4096x28672, down 14336x4096) at batch 1, 4, 16, 64: ms, speedup, and the
    weight bytes read per ms as a fraction of the card's copy bandwidth. Target: >= 3x at batch
-   1-16, never below 0.9x up to 64.
+   1-16, never below 0.9x up to 64. Beside it, the same weights in FP8 (per-channel scales):
+   the W8A16 mode of the same kernels (FP8 linears that keep 16-bit activations) and W8A8
+   through torch._scaled_mm where the card has FP8; no target, unmeasured so far.
 2. Batch-1 decode of a Llama-3-8B-shaped AWQ model (random int4 weights, group 128, built on the
    device) through the engine: tok/s against the bandwidth floor (every byte a decode step reads,
    over the measured copy bandwidth). Target: >= 70%.
@@ -12,7 +14,7 @@
     PYTHONPATH=. python3 benchmarks/bench_w4a16.py [--skip-e2e]
 
 NOTE: the functions take the device and the timer as arguments, so tests run them on the CPU at
-toy shapes (tests/quant/test_bench_w4a16.py): a GPU session must not die on a typo.
+toy shapes (tests/kernels/test_bench_w4a16.py): a GPU session must not die on a typo.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ def kernel_figures(bench_ms: Callable[[Callable], float], copy_gbs: float, devic
         qweight, scales, zeros = random_packed(k, n, group, dtype, device)
         dense = reference.dequantize_w4a16(qweight, scales, zeros, group, 4).t().contiguous().to(dtype)  # [N, K]
         weight_bytes = qweight.numel() * 4 + scales.numel() * scales.element_size() + zeros.numel()
+        # The same weights in FP8 (per-channel scales): the W8A16 kernel and, where the card has
+        # FP8, W8A8 through torch._scaled_mm.
+        fp8_scale = (dense.float().abs().amax(dim=1) / 448).clamp_min(1e-12)
+        fp8_weight = (dense.float() / fp8_scale[:, None]).to(torch.float8_e4m3fn)
         rows = {}
         for m in batches:
             x = torch.randn(m, k, device=device).to(dtype)
@@ -57,7 +63,13 @@ def kernel_figures(bench_ms: Callable[[Callable], float], copy_gbs: float, devic
             want = torch.nn.functional.linear(x, dense)
             dense_ms = bench_ms(lambda: torch.nn.functional.linear(x, dense))
             moved = weight_bytes + (m * k + m * n) * x.element_size()
+            with ops.use_backend("triton"):
+                fp8_w8a16_ms = bench_ms(lambda: ops.fp8_weight_only_linear(x, fp8_weight, fp8_scale))
+            fp8_w8a8_ms = (round(bench_ms(lambda: ops.fp8_linear(x, fp8_weight, fp8_scale)), 4)
+                           if ops.fp8_supported(x.device) else "no FP8 on this device")
             rows[f"batch{m}"] = {
+                "fp8_w8a16_ms": round(fp8_w8a16_ms, 4), "fp8_w8a16_speedup": round(dense_ms / fp8_w8a16_ms, 2),
+                "fp8_w8a8_ms": fp8_w8a8_ms,
                 "w4a16_ms": round(ms, 4), "fp16_ms": round(dense_ms, 4), "speedup": round(dense_ms / ms, 2),
                 "w4a16_GBps": round(moved / ms / 1e6, 1),
                 "fraction_of_copy_bandwidth": round(moved / ms / 1e6 / copy_gbs, 3),

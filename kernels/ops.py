@@ -271,6 +271,34 @@ def w4a16_matmul(
     return reference.w4a16_matmul(x, qweight, scales, zeros, group_size, bits)
 
 
+def _check_fp8_operands(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                        bias: torch.Tensor | None) -> None:
+    """The FP8 linears' shared contract: x [M, K], W [N, K] float8_e4m3fn (or float32 holding FP8
+    values), weight_scale float32 [N], bias [N] or None."""
+    _check(x.dim() == 2 and weight.dim() == 2 and x.shape[1] == weight.shape[1],
+           lambda: f"x [M, K] and weight [N, K] must agree on K, got {tuple(x.shape)} and {tuple(weight.shape)}")
+    _check(weight.dtype in (torch.float8_e4m3fn, torch.float32),
+           lambda: f"weight must be float8_e4m3fn (or float32 FP8 values), got {weight.dtype}")
+    _check(weight_scale.dtype == torch.float32 and weight_scale.shape == (weight.shape[0],),
+           lambda: f"weight_scale must be float32 [{weight.shape[0]}], got {weight_scale.dtype} {tuple(weight_scale.shape)}")
+    _check(bias is None or bias.shape == (weight.shape[0],), lambda: f"bias must be [{weight.shape[0]}]")
+
+
+def fp8_weight_only_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x @ (W * scales)^T (+ bias) in x's dtype, activations left as they are (W8A16): W
+    float8_e4m3fn [N, K] (or float32 holding FP8 values, the CPU layer's cache) with per-channel
+    weight_scale float32 [N]. On CUDA the W4A16 kernels dequantize the FP8 weights in registers."""
+    _check_fp8_operands(x, weight, weight_scale, bias)
+    if weight.dtype == torch.float8_e4m3fn and uses_triton(x.device):
+        _check(weight.is_contiguous() and weight_scale.is_contiguous(), "weight and weight_scale must be contiguous")
+        from .triton import w4a16
+
+        y = w4a16.fp8_w8a16_matmul(x, weight, weight_scale)
+        return y if bias is None else (y.float() + bias.float()).to(x.dtype)
+    return reference.fp8_weight_only_linear(x, weight, weight_scale, bias)
+
+
 @functools.cache
 def _cuda_has_fp8(index: int) -> bool:
     return torch.cuda.get_device_capability(index) >= (8, 9)
@@ -292,14 +320,8 @@ def fp8_linear(
     holding FP8 values, the CPU layer's cache) with per-channel weight_scale float32 [N];
     activations quantized per token at run time, or with a static per-tensor input_scale.
     On CUDA cards with FP8 (and not under LOCALLLM_KERNELS=reference) torch._scaled_mm runs it."""
-    _check(x.dim() == 2 and weight.dim() == 2 and x.shape[1] == weight.shape[1],
-           lambda: f"x [M, K] and weight [N, K] must agree on K, got {tuple(x.shape)} and {tuple(weight.shape)}")
-    _check(weight.dtype in (torch.float8_e4m3fn, torch.float32),
-           lambda: f"weight must be float8_e4m3fn (or float32 FP8 values), got {weight.dtype}")
-    _check(weight_scale.dtype == torch.float32 and weight_scale.shape == (weight.shape[0],),
-           lambda: f"weight_scale must be float32 [{weight.shape[0]}], got {weight_scale.dtype} {tuple(weight_scale.shape)}")
+    _check_fp8_operands(x, weight, weight_scale, bias)
     _check(input_scale is None or input_scale.numel() == 1, "input_scale must be one per-tensor scale")
-    _check(bias is None or bias.shape == (weight.shape[0],), lambda: f"bias must be [{weight.shape[0]}]")
     if (_backend != "reference" and weight.dtype == torch.float8_e4m3fn and fp8_supported(x.device)
             and x.shape[1] % 16 == 0 and weight.shape[0] % 16 == 0):
         xq, x_scale = reference.quantize_fp8_per_token(x, input_scale)

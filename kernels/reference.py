@@ -328,6 +328,18 @@ def w4a16_matmul(
     return (x.float() @ w_t).to(x.dtype)
 
 
+def fp8_weight_only_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """W8A16 FP8: x (not quantized) times the FP8 weight [N, K] (or float32 holding FP8 values)
+    dequantized with per-channel weight_scale float32 [N] and rounded to x's dtype (what the
+    Triton kernel feeds its products); accumulated in float32, output in x's dtype."""
+    w = (weight.float() * weight_scale.float().view(-1, 1)).to(x.dtype).float()
+    y = x.float() @ w.t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
 def quantize_fp8_per_token(x: torch.Tensor, input_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] -> (float8_e4m3fn [M, K], float32 scales [M, 1]): scale = max|row| / 448 per token
     (dynamic), or the given static per-tensor input_scale for every row."""

@@ -5,6 +5,9 @@ rows per word, scales [G, N] in x's dtype, zeros uint8 [G, N]; W^T[k, n] = (q - 
 k // GROUP. Each tile loads BLOCK_K / P words per column once and splits them into BLOCK_K rows
 with shifts (no redundant loads), dequantizes in float32 and rounds to the dot's dtype.
 
+FP8 weight-only (W8A16, FP8=True): the same kernels read float8_e4m3fn weights [N, K] as they are
+stored (no repacking) with one float32 scale per output channel: W^T[k, n] = w[n, k] * s[n].
+
 Three shapes of work (chosen on the host from M only, so a CUDA graph replays one of them):
   M == 1       GEMV: no tensor cores; x[k] * W[k, n] summed over k in registers;
   2 <= M <= 16 tall-skinny: one 16-row tile of x, tl.dot, many column blocks;
@@ -27,8 +30,16 @@ from .attention_decode import dot_types, num_sms
 
 @triton.jit
 def _dequant_tile(qw_ptr, s_ptr, z_ptr, k_start, offs_n, N, K,
-                  GROUP: tl.constexpr, BITS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+                  GROUP: tl.constexpr, BITS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+                  FP8: tl.constexpr):
     """float32 W^T[k_start : k_start + BLOCK_K, offs_n], zeros outside the matrix."""
+    if FP8:  # qw_ptr: float8_e4m3fn [N, K]; s_ptr: float32 [N]; z_ptr unused
+        offs_k = k_start + tl.arange(0, BLOCK_K)
+        n_ok = offs_n < N
+        w = tl.load(qw_ptr + offs_n[None, :].to(tl.int64) * K + offs_k[:, None],
+                    mask=(offs_k[:, None] < K) & n_ok[None, :], other=0.0).to(tl.float32)
+        s = tl.load(s_ptr + offs_n, mask=n_ok, other=0.0)
+        return w * s[None, :]
     PACK: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
     words = k_start // PACK + tl.arange(0, BLOCK_K // PACK)
@@ -57,6 +68,7 @@ def _dequant_tile(qw_ptr, s_ptr, z_ptr, k_start, offs_n, N, K,
 def _w4a16_gemv_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, N, K, tiles_per_split,
     GROUP: tl.constexpr, BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ATOMIC: tl.constexpr,
+    FP8: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -69,7 +81,7 @@ def _w4a16_gemv_kernel(
         offs_k = k_start + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
         # NOTE: W rounded to x's dtype first, as the dot paths (and the reference) do.
-        w = _dequant_tile(qw_ptr, s_ptr, z_ptr, k_start, offs_n, N, K, GROUP, BITS, BLOCK_K, BLOCK_N)
+        w = _dequant_tile(qw_ptr, s_ptr, z_ptr, k_start, offs_n, N, K, GROUP, BITS, BLOCK_K, BLOCK_N, FP8)
         w = w.to(x_ptr.dtype.element_ty).to(tl.float32)
         acc += tl.sum(x[:, None] * w, axis=0)
     if ATOMIC:
@@ -82,7 +94,7 @@ def _w4a16_gemv_kernel(
 def _w4a16_gemm_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, M, N, K, stride_xm, stride_om, tiles_per_split,
     GROUP: tl.constexpr, BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    ATOMIC: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    ATOMIC: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, FP8: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -98,7 +110,7 @@ def _w4a16_gemm_kernel(
         offs_k = k_start + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :],
                     mask=m_ok[:, None] & (offs_k[None, :] < K), other=0.0)
-        w = _dequant_tile(qw_ptr, s_ptr, z_ptr, k_start, offs_n, N, K, GROUP, BITS, BLOCK_K, BLOCK_N)
+        w = _dequant_tile(qw_ptr, s_ptr, z_ptr, k_start, offs_n, N, K, GROUP, BITS, BLOCK_K, BLOCK_N, FP8)
         w = w.to(x_ptr.dtype.element_ty)
         acc += tl.dot(x.to(DOT_DTYPE), w.to(DOT_DTYPE), input_precision=PRECISION)
     out = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
@@ -129,10 +141,21 @@ def _split_k(num_programs: int, k_tiles: int, device: torch.device) -> int:
 def w4a16_matmul(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int, bits: int
 ) -> torch.Tensor:
+    return _matmul(x, qweight, scales, zeros, group_size, bits, qweight.shape[1], fp8=False)
+
+
+def fp8_w8a16_matmul(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    """x [M, K] @ (weight float8_e4m3fn [N, K] * weight_scale float32 [N] per row)^T -> [M, N] in
+    x's dtype; the dequantized weight is rounded to x's dtype before the products, as in w4a16."""
+    num_features = weight.shape[1]
+    # NOTE: one "group" of all K: _block_k then only asks the tile to divide K when it can.
+    return _matmul(x, weight, weight_scale, weight_scale, num_features, 8, weight.shape[0], fp8=True)
+
+
+def _matmul(x, qweight, scales, zeros, group_size: int, bits: int, out_features: int, fp8: bool) -> torch.Tensor:
     if x.stride(-1) != 1:
         x = x.contiguous()
     num_rows, in_features = x.shape
-    out_features = qweight.shape[1]
     if num_rows == 0:
         return torch.empty((0, out_features), dtype=x.dtype, device=x.device)
     if num_rows == 1:
@@ -145,7 +168,8 @@ def w4a16_matmul(
             torch.empty((1, out_features), dtype=x.dtype, device=x.device)
         _w4a16_gemv_kernel[(grid_n, split)](
             x, qweight, scales, zeros, out, out_features, in_features, tiles_per_split,
-            GROUP=group_size, BITS=bits, BLOCK_N=block_n, BLOCK_K=block_k, ATOMIC=split > 1, num_warps=num_warps,
+            GROUP=group_size, BITS=bits, BLOCK_N=block_n, BLOCK_K=block_k, ATOMIC=split > 1, FP8=fp8,
+            num_warps=num_warps,
         )
         return out.to(x.dtype) if split > 1 else out
     if num_rows <= 16:
@@ -166,6 +190,7 @@ def w4a16_matmul(
     _w4a16_gemm_kernel[(grid_m, grid_n, split)](
         x, qweight, scales, zeros, out, num_rows, out_features, in_features, x.stride(0), out.stride(0),
         tiles_per_split, GROUP=group_size, BITS=bits, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        ATOMIC=split > 1, DOT_DTYPE=dot_dtype, PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
+        ATOMIC=split > 1, DOT_DTYPE=dot_dtype, PRECISION=precision, FP8=fp8, num_warps=num_warps,
+        num_stages=num_stages,
     )
     return out.to(x.dtype) if split > 1 else out

@@ -37,6 +37,10 @@ def quantize(
     fp8_keep: Annotated[Optional[int], typer.Option(
         "--fp8-keep", help="FP8: decoder linears kept in 16 bits, the most loss-sensitive first "
                            "(default: an eighth of them; 0: every linear in FP8).")] = None,
+    fp8_keep_activations: Annotated[Optional[int], typer.Option(
+        "--fp8-keep-activations", help="FP8: more decoder linears with FP8 weights but 16-bit activations, "
+                                       "the most sensitive to input rounding first (default: a quarter of them; "
+                                       "0: per-token FP8 activations in every other linear).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -46,7 +50,7 @@ def quantize(
 
     options = QuantizeOptions(method=method, bits=bits, group_size=group_size, sym=sym, act_order=act_order,
                               num_samples=samples, seq_len=seq_len, calib_file=calib, device=device,
-                              fp8_keep=fp8_keep)
+                              fp8_keep=fp8_keep, fp8_keep_activations=fp8_keep_activations)
     try:
         options.validate()
         from localllm.hub.resolve import resolve_model

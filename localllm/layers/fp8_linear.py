@@ -1,8 +1,9 @@
 """FP8 linears (compressed-tensors float-quantized): float8_e4m3fn weights [N, K] with one scale
 per output channel (a per-tensor scale in the file is spread over its channels), activations
 quantized per token at run time (or with the file's static input_scale), or left in 16 bits when
-the file names no input_activations (FP8 weight-only, "W8A16"): then the layer multiplies x by the
-dequantized weight in x's dtype.
+the file names no input_activations, or a weight-only config group names the layer (FP8
+weight-only, "W8A16"): then x multiplies the dequantized weight (ops.fp8_weight_only_linear: on
+CUDA the W4A16 Triton kernels, dequantizing the FP8 weights in registers).
 
 On a CUDA card with FP8 (compute capability 8.9+) ops.fp8_linear runs torch._scaled_mm; elsewhere
 the reference emulates it exactly (FP8 products accumulated in float32). NOTE: on the CPU the
@@ -89,8 +90,9 @@ class FP8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        if self.weight_only:  # NOTE: dequantizes every call; a W8A16 kernel would do it in registers
-            bias = None if self.bias is None else self.bias.to(x.dtype)
-            return torch.nn.functional.linear(x, self.dequantized_weight().to(x.dtype), bias)
-        y = ops.fp8_linear(x.reshape(-1, self.in_features), self.weight, self.weight_scale, self.input_scale, self.bias)
+        if self.weight_only:
+            y = ops.fp8_weight_only_linear(x.reshape(-1, self.in_features), self.weight, self.weight_scale, self.bias)
+        else:
+            y = ops.fp8_linear(x.reshape(-1, self.in_features), self.weight, self.weight_scale, self.input_scale,
+                               self.bias)
         return y.reshape(*shape[:-1], self.out_features)

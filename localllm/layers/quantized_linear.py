@@ -4,7 +4,8 @@ quantization_config asks for (quant.config.QuantScheme).
 make_linear(hf_config, name, dense_cls, *args) takes the dense class's own arguments (dtype and
 device last, as Linear, MergedLinear and QKVLinear all take them); the dense layer is first built
 on the meta device (no memory) to read its sizes and shards. A module listed in the config's
-ignore list stays dense; a fused module whose parts disagree is refused.
+ignore list stays dense, one named by an FP8 weight-only group gets FP8 weights with 16-bit
+activations; a fused module whose parts disagree on either is refused.
 finish_loading(model) converts every quantized layer's file tensors once all weights are in.
 """
 
@@ -42,6 +43,10 @@ def make_linear(hf_config, name: str, dense_cls: type, *args) -> nn.Module:
     if any(ignored):
         raise ModelLoadError("config.json", f"{name}: the quantization config leaves only some of "
                                             f"{', '.join(checkpoint_names(name))} unquantized; they are fused")
+    try:
+        scheme = scheme.for_modules(checkpoint_names(name))
+    except ValueError as e:
+        raise ModelLoadError("config.json", f"{name}: {e}") from None
     *sizes_args, dtype, device = args
     meta = dense_cls(*sizes_args, dtype, torch.device("meta"))
     output_sizes = list(getattr(meta, "output_sizes", [meta.out_features]))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from localllm.errors import ModelLoadError
 
@@ -30,6 +30,9 @@ class QuantScheme:
     fp8_weight_only: bool = False  # FP8 weights, 16-bit activations (no input_activations in the file)
     ignore: tuple[str, ...] = ()  # module names (or "re:" patterns) left in 16 bits
     substring_ignore: bool = False  # AWQ's modules_to_not_convert matches substrings
+    # FP8: module names (or "re:" patterns) of a second, weight-only config group: FP8 weights,
+    # 16-bit activations there, per-token FP8 activations elsewhere
+    fp8_activations_16bit: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -43,13 +46,28 @@ class QuantScheme:
         return self.group_size if self.group_size else in_features
 
     def is_ignored(self, module_name: str) -> bool:
-        for pattern in self.ignore:
-            if pattern.startswith("re:"):
-                if re.match(pattern[3:], module_name):
-                    return True
-            elif pattern == module_name or (self.substring_ignore and pattern in module_name):
+        return _matches(self.ignore, module_name, self.substring_ignore)
+
+    def for_modules(self, module_names: list[str]) -> QuantScheme:
+        """The scheme of one (possibly fused) layer: FP8 weight-only where its modules are named by
+        the weight-only group. ValueError when the fused modules disagree."""
+        weight_only = [_matches(self.fp8_activations_16bit, n) for n in module_names]
+        if not any(weight_only):
+            return self
+        if not all(weight_only):
+            raise ValueError(f"the quantization config gives 16-bit activations to only some of "
+                             f"{', '.join(module_names)}; they are fused")
+        return replace(self, fp8_weight_only=True, fp8_activations_16bit=())
+
+
+def _matches(patterns: tuple[str, ...], module_name: str, substring: bool = False) -> bool:
+    for pattern in patterns:
+        if pattern.startswith("re:"):
+            if re.match(pattern[3:], module_name):
                 return True
-        return False
+        elif pattern == module_name or (substring and pattern in module_name):
+            return True
+    return False
 
 
 def raw_quantization_config(hf_config) -> dict | None:
@@ -120,8 +138,11 @@ def _gptq(raw: dict, source: str) -> QuantScheme:
 
 def _compressed_tensors(raw: dict, source: str) -> QuantScheme:
     groups = raw.get("config_groups") or {}
+    if len(groups) == 2:
+        return _fp8_mixed_activations(raw, source)
     if len(groups) != 1:
-        raise ModelLoadError(source, f"compressed-tensors with {len(groups)} config groups is not supported (one)")
+        raise ModelLoadError(source, f"compressed-tensors with {len(groups)} config groups is not supported "
+                                     "(one, or two FP8 groups that differ only in their activations)")
     (group,) = groups.values()
     fmt = group.get("format") or raw.get("format")
     weights = group.get("weights") or {}
@@ -148,3 +169,20 @@ def _compressed_tensors(raw: dict, source: str) -> QuantScheme:
     raise ModelLoadError(
         source, f"compressed-tensors format {fmt!r} with {bits}-bit {kind} weights is not supported "
                 "(pack-quantized W4A16/W8A16, float-quantized FP8)")
+
+
+def _fp8_mixed_activations(raw: dict, source: str) -> QuantScheme:
+    """Two config groups: FP8 weights in both, per-token FP8 activations in the one targeting the
+    "Linear" class, none (16-bit) in the other, which names its modules (what `localllm quantize
+    -m fp8` writes for the linears whose activations it keeps)."""
+    parsed = [(group, _compressed_tensors({**raw, "config_groups": {"g": group}}, source))
+              for group in raw["config_groups"].values()]
+    full = [(g, s) for g, s in parsed if not s.fp8_weight_only]
+    weight_only = [(g, s) for g, s in parsed if s.fp8_weight_only]
+    if (len(full) != 1 or len(weight_only) != 1 or full[0][1].method != "fp8"
+            or list(full[0][0].get("targets") or []) != ["Linear"]
+            or any(t == "Linear" for t in weight_only[0][0].get("targets") or [])):
+        raise ModelLoadError(source, "compressed-tensors with two config groups is supported only as FP8 with "
+                                     "per-token activations for \"Linear\" and a weight-only FP8 group naming "
+                                     "its modules")
+    return replace(full[0][1], fp8_activations_16bit=tuple(weight_only[0][0]["targets"]))

@@ -60,21 +60,26 @@ def export_layer(index: int, layer: nn.Module, quantized: dict[str, object], fmt
     return out
 
 
-def ignored_modules(kept: tuple[str, ...]) -> list[str]:
+def checkpoint_modules(kept: tuple[str, ...]) -> list[str]:
     """Engine linear names ("model.layers.3.mlp.gate_up_proj") -> the checkpoint modules they
-    stand for, as compressed-tensors' ignore lists them ("model.layers.3.mlp.gate_proj", ...)."""
+    stand for, as compressed-tensors names them in ignore lists and targets
+    ("model.layers.3.mlp.gate_proj", ...)."""
     from localllm.layers.quantized_linear import checkpoint_names
 
     return [module for name in kept for module in checkpoint_names(name)]
 
 
 def quantization_config(method: str, bits: int, group_size: int, sym: bool, act_order: bool,
-                        damp_percent: float, fp8_weight_only: bool = False, kept: tuple[str, ...] = ()) -> dict:
+                        damp_percent: float, fp8_weight_only: bool = False, kept: tuple[str, ...] = (),
+                        kept_activations: tuple[str, ...] = ()) -> dict:
+    """kept: FP8 engine linears left in 16 bits; kept_activations: FP8 engine linears with FP8
+    weights and 16-bit activations."""
     fmt = FORMAT_OF_METHOD[method]
-    if kept and fmt != "fp8":
+    if (kept or kept_activations) and fmt != "fp8":
         raise ValueError(f"only FP8 keeps linears in 16 bits, not {method}")
     if fmt == "awq":
         return awq.config(bits, group_size)
     if fmt == "gptq":
         return gptq.config(bits, group_size, act_order, sym, damp_percent)
-    return compressed_tensors.fp8_config(["lm_head", *ignored_modules(kept)], weight_only=fp8_weight_only)
+    return compressed_tensors.fp8_config(["lm_head", *checkpoint_modules(kept)], weight_only=fp8_weight_only,
+                                         activations_16bit=checkpoint_modules(kept_activations))

@@ -28,6 +28,9 @@ FP8_ALGORITHMS = ("gptq", "mse", "rtn")
 # FP8: the share of decoder linears kept in 16 bits unless fp8_keep says how many (rounded up).
 # SmolLM2-135M (15 of 120): +1.3-1.8% -> +0.5-1.4% perplexity, per run (README, Quantization on the CPU).
 DEFAULT_FP8_KEEP_FRACTION = 0.125
+# FP8: the share of decoder linears (after those kept in 16 bits) that keep FP8 weights but 16-bit
+# activations, the ones whose input rounding costs most, unless fp8_keep_activations says how many.
+DEFAULT_FP8_KEEP_ACTIVATIONS_FRACTION = 0.25
 
 
 class QuantizeError(LocalLLMError):
@@ -44,7 +47,7 @@ class QuantizeOptions:
     damp_percent: float = 0.01
     num_samples: int = 128
     seq_len: int = 512
-    num_heldout: int = 8
+    num_heldout: int = 24  # held-out windows for the report (the built-in text holds ~27 of 512 SmolLM2 tokens)
     calib_file: str | None = None
     device: str = "auto"
     search_tokens: int = 4096  # AWQ: input rows kept per linear for its searches
@@ -61,6 +64,10 @@ class QuantizeOptions:
     # stay in 16 bits, the most sensitive by quant.sensitivity's Fisher-weighted estimate; written
     # in the config's `ignore`. None: DEFAULT_FP8_KEEP_FRACTION of them; 0: every linear in FP8.
     fp8_keep: int | None = None
+    # FP8: how many more decoder linears keep FP8 weights but 16-bit activations (a second,
+    # weight-only config group), the most sensitive to input rounding by the same pass. None:
+    # DEFAULT_FP8_KEEP_ACTIVATIONS_FRACTION of them; 0: per-token FP8 activations everywhere else.
+    fp8_keep_activations: int | None = None
 
     def fp8_keep_count(self, num_linears: int) -> int:
         """Linears to keep in 16 bits for a model with num_linears decoder linears (0 unless fp8)."""
@@ -70,9 +77,18 @@ class QuantizeOptions:
             return math.ceil(num_linears * DEFAULT_FP8_KEEP_FRACTION)
         return self.fp8_keep
 
+    def fp8_keep_activations_count(self, num_linears: int) -> int:
+        """Linears (besides the fp8_keep_count ones) that keep 16-bit activations (0 unless fp8
+        with per-token activations)."""
+        if self.method != "fp8" or self.fp8_weight_only:
+            return 0
+        if self.fp8_keep_activations is None:
+            return math.ceil(num_linears * DEFAULT_FP8_KEEP_ACTIVATIONS_FRACTION)
+        return self.fp8_keep_activations
+
     @property
     def needs_calibration_text(self) -> bool:
-        return self.calibrated or (self.method == "fp8" and self.fp8_keep != 0)
+        return self.calibrated or (self.method == "fp8" and (self.fp8_keep != 0 or self.fp8_keep_activations != 0))
 
     @property
     def calibrated(self) -> bool:
@@ -98,10 +114,14 @@ class QuantizeOptions:
             raise QuantizeError("awq is asymmetric (zero points); use --method rtn or gptq for symmetric grids")
         if self.fp8_algorithm not in FP8_ALGORITHMS:
             raise QuantizeError(f"unknown fp8 algorithm {self.fp8_algorithm!r}: choose one of {', '.join(FP8_ALGORITHMS)}")
-        if self.fp8_keep is not None and (isinstance(self.fp8_keep, bool) or not isinstance(self.fp8_keep, int)
-                                          or self.fp8_keep < 0 or (self.method != "fp8" and self.fp8_keep)):
-            raise QuantizeError(f"--fp8-keep must be a number of linears >= 0 with --method fp8, got {self.fp8_keep!r}"
-                                + ("" if self.method == "fp8" else f" with --method {self.method}"))
+        for flag, value in (("--fp8-keep", self.fp8_keep), ("--fp8-keep-activations", self.fp8_keep_activations)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0
+                                      or (self.method != "fp8" and value)):
+                raise QuantizeError(f"{flag} must be a number of linears >= 0 with --method fp8, got {value!r}"
+                                    + ("" if self.method == "fp8" else f" with --method {self.method}"))
+        if self.fp8_weight_only and self.fp8_keep_activations:
+            raise QuantizeError("--fp8-keep-activations has nothing to keep with weight-only FP8 "
+                                "(its activations are 16-bit everywhere)")
         if self.method != "fp8" and self.group_size < 1:
             raise QuantizeError(f"group size must be a positive number of input channels, got {self.group_size}")
         if self.num_samples < 1 or self.seq_len < 16 or self.num_heldout < 1:
@@ -109,8 +129,9 @@ class QuantizeOptions:
         if self.calib_file is not None and not os.path.isfile(self.calib_file):
             raise QuantizeError(f"calibration file {self.calib_file!r} not found")
 
-    def scheme_name(self, num_kept: int | None = None) -> str:
-        """num_kept: FP8 linears left in 16 bits, once known (None: say how they are chosen)."""
+    def scheme_name(self, num_kept: int | None = None, num_kept_activations: int | None = None) -> str:
+        """num_kept / num_kept_activations: FP8 linears left in 16 bits / with 16-bit activations,
+        once known (None: say how they are chosen)."""
         if self.method == "fp8":
             how = {"gptq": "GPTQ", "mse": "round-to-nearest, MSE scales"}.get(self.fp8_algorithm, "round-to-nearest")
             acts = "16-bit activations, weight-only" if self.fp8_weight_only else "per-token activations"
@@ -118,6 +139,11 @@ class QuantizeOptions:
                 kept = "" if self.fp8_keep == 0 else ", the most sensitive linears 16-bit"
             else:
                 kept = f", {num_kept} most sensitive linears 16-bit" if num_kept else ""
+            if num_kept_activations is None:
+                keep_acts = self.fp8_keep_activations != 0 and not self.fp8_weight_only
+                kept += ", 16-bit activations in the next most sensitive" if keep_acts else ""
+            elif num_kept_activations:
+                kept += f", {num_kept_activations} more with 16-bit activations"
             return f"fp8 e4m3 {how} (per-channel weights, {acts}{kept})"
         grid = "sym" if self.resolved_sym else "asym"
         order = ", act-order" if self.act_order else ""
@@ -136,8 +162,11 @@ def _check_model(checkpoint, options: QuantizeOptions) -> None:
         from localllm.quant.layerwise import LINEARS
 
         num_linears = config.num_hidden_layers * len(LINEARS)
-        if options.fp8_keep_count(num_linears) > num_linears:
-            raise QuantizeError(f"fp8_keep {options.fp8_keep} is more than the model's {num_linears} decoder linears "
+        if options.fp8_keep_count(num_linears) + options.fp8_keep_activations_count(num_linears) > num_linears:
+            what = (f"fp8_keep {options.fp8_keep}" if options.fp8_keep_activations is None else
+                    f"fp8_keep {options.fp8_keep_count(num_linears)} + fp8_keep_activations "
+                    f"{options.fp8_keep_activations}")
+            raise QuantizeError(f"{what} is more than the model's {num_linears} decoder linears "
                                 f"({config.num_hidden_layers} layers x {len(LINEARS)}, q/k/v and gate/up fused)")
         return
     from localllm.models.registry import kv_cache_spec
@@ -218,7 +247,7 @@ def run_job(job: QuantizeJob, on_layer: Callable[[int, int], None] | None = None
     try:
         with CheckpointWriter(job.out_dir, options.max_shard_bytes) as writer:
             run = run_layers(checkpoint, job.calibration, options, job.device, writer, on_layer)
-            writer.finish(_output_config(checkpoint, options, run.out_dtype, run.kept),
+            writer.finish(_output_config(checkpoint, options, run.out_dtype, run.kept, run.kept_activations),
                           tokenizer=_tokenizer_to_save(checkpoint),
                           tokenizer_dir=checkpoint.path if checkpoint.format == "safetensors" else None,
                           generation_config=checkpoint.generation_config or None)
@@ -242,7 +271,8 @@ def _tokenizer_to_save(checkpoint):
     return tokenizer
 
 
-def _output_config(checkpoint, options: QuantizeOptions, dtype: torch.dtype, kept: tuple[str, ...] = ()) -> dict:
+def _output_config(checkpoint, options: QuantizeOptions, dtype: torch.dtype, kept: tuple[str, ...] = (),
+                   kept_activations: tuple[str, ...] = ()) -> dict:
     from localllm.quant.export import quantization_config
 
     config_path = os.path.join(checkpoint.path, "config.json")
@@ -257,7 +287,7 @@ def _output_config(checkpoint, options: QuantizeOptions, dtype: torch.dtype, kep
             config[key] = dtype_name
     config["quantization_config"] = quantization_config(
         options.method, options.resolved_bits, options.group_size, options.resolved_sym, options.act_order,
-        options.damp_percent, options.fp8_weight_only, kept)
+        options.damp_percent, options.fp8_weight_only, kept, kept_activations)
     return config
 
 
@@ -276,7 +306,7 @@ def _report(model, out_dir, checkpoint, calibration, options, run, device, secon
     disk = sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir) if f.endswith(".safetensors"))
     windows, length = calibration.heldout.shape
     return QuantizeReport(
-        model=model, out_dir=out_dir, scheme=options.scheme_name(len(run.kept)),
+        model=model, out_dir=out_dir, scheme=options.scheme_name(len(run.kept), len(run.kept_activations)),
         ppl_original=perplexity(run.original_nll), ppl_quantized=perplexity(nll),
         top1_agreement=float((top1 == run.original_top1).float().mean()),
         eval_windows=windows, eval_tokens=windows * length,
@@ -287,8 +317,18 @@ def _report(model, out_dir, checkpoint, calibration, options, run, device, secon
         peak_memory=run.peak_memory, largest_layer=run.largest_layer, num_layers=run.num_layers,
         seconds=seconds + 0.0,
         linears_16bit=len(run.kept), linears_total=run.num_linears, bytes_16bit=_kept_bytes(engine_model, run.kept),
-        kept=list(run.kept),
+        kept=list(run.kept), linears_16bit_activations=len(run.kept_activations),
+        kept_activations=list(run.kept_activations), change_se_percent=change_standard_error(run.original_nll, nll),
     )
+
+
+def change_standard_error(original_nll: torch.Tensor, quantized_nll: torch.Tensor) -> float | None:
+    """Standard error (percent) of the perplexity change over held-out windows [E, L]: the windows'
+    mean log-likelihood changes vary; exp(d) - 1 ~ d at these sizes. None for one window."""
+    per_window = quantized_nll.double().mean(1) - original_nll.double().mean(1)
+    if per_window.numel() < 2:
+        return None
+    return float(per_window.std() / per_window.numel() ** 0.5 * 100)
 
 
 def _kept_bytes(engine_model, kept: tuple[str, ...]) -> int:

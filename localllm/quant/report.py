@@ -43,14 +43,25 @@ class QuantizeReport:
     linears_total: int = 0
     bytes_16bit: int = 0  # those linears' weights at 2 bytes each
     kept: list[str] | None = None  # their engine names, most sensitive first
+    linears_16bit_activations: int = 0  # FP8: linears with FP8 weights and 16-bit activations
+    kept_activations: list[str] | None = None  # their engine names, most sensitive first
+    # standard error of the perplexity change, in percent: the spread of the per-window mean
+    # log-likelihood change over sqrt(windows) (None with one window)
+    change_se_percent: float | None = None
 
     def _kept_note(self, short: bool = False) -> str:
-        if not self.linears_16bit:
+        acts = self.linears_16bit_activations
+        if not self.linears_16bit and not acts:
             return ""
         if short:
-            return f" [{self.linears_16bit} of {self.linears_total} linears 16-bit]"
+            more = f", {acts} with 16-bit activations" if acts else ""
+            return f" [{self.linears_16bit} of {self.linears_total} linears 16-bit{more}]"
+        more = f"; {acts} more with FP8 weights and 16-bit activations" if acts else ""
         return (f"; {self.linears_16bit} of {self.linears_total} linears kept 16-bit "
-                f"({human_bytes(self.bytes_16bit)} of weights)")
+                f"({human_bytes(self.bytes_16bit)} of weights){more}")
+
+    def _se_note(self) -> str:
+        return "" if self.change_se_percent is None else f" ± {self.change_se_percent:.2f}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,7 +74,7 @@ class QuantizeReport:
             f"quality on held-out text ({self.eval_windows} x {self.eval_tokens // max(self.eval_windows, 1)} tokens "
             "of pydoc_data.topics, never used to calibrate):",
             f"  perplexity       original {self.ppl_original:.3f}  ->  {self.scheme} {self.ppl_quantized:.3f} "
-            f"({change:+.2f}%){self._kept_note(short=True)}",
+            f"({change:+.2f}%{self._se_note()}){self._kept_note(short=True)}",
             f"  top-1 agreement  {self.top1_agreement * 100:.1f}% of {self.eval_tokens - self.eval_windows} "
             "next-token predictions",
             "size:",

@@ -36,6 +36,7 @@ class LayerRun:
     num_layers: int
     kept: tuple[str, ...] = ()  # FP8: engine linears left in 16 bits (quant.sensitivity), most sensitive first
     num_linears: int = 0  # decoder linears as the engine fuses them
+    kept_activations: tuple[str, ...] = ()  # FP8: engine linears with 16-bit activations, most sensitive first
 
 
 def _source_bytes(checkpoint) -> int:
@@ -112,7 +113,11 @@ def run_layers(checkpoint, calibration, options, device: torch.device, writer,
         heldout = F.embedding(calibration.heldout.to(device), table)
         runner = LayerRunner(config, source, device, options.seq_len, options.batch_windows)
         num_kept = options.fp8_keep_count(num_layers * len(LINEARS))
-        kept = _most_sensitive(config, source, runner, calibration, options, num_kept, table) if num_kept else ()
+        num_kept_activations = options.fp8_keep_activations_count(num_layers * len(LINEARS))
+        kept, kept_activations = ((), ())
+        if num_kept or num_kept_activations:
+            kept, kept_activations = _most_sensitive(config, source, runner, calibration, options, num_kept,
+                                                     num_kept_activations, table)
         del table
         for i in range(num_layers):
             layer = runner.load(i)
@@ -145,7 +150,7 @@ def run_layers(checkpoint, calibration, options, device: torch.device, writer,
             tops.append(top)
         peak_bytes = peak.peak_bytes()
     return LayerRun(torch.stack(nlls), torch.stack(tops), out_dtype, num_params, _source_bytes(checkpoint),
-                    peak_bytes, largest, num_layers, tuple(kept), num_layers * len(LINEARS))
+                    peak_bytes, largest, num_layers, tuple(kept), num_layers * len(LINEARS), tuple(kept_activations))
 
 
 def _tied(config, source) -> bool:
@@ -153,13 +158,16 @@ def _tied(config, source) -> bool:
 
 
 def _most_sensitive(config, source, runner: LayerRunner, calibration, options, num_kept: int,
-                    table: torch.Tensor) -> tuple[str, ...]:
-    """FP8: the num_kept engine linears whose rounding costs the calibration loss
-    most (quant.sensitivity), most sensitive first."""
+                    num_kept_activations: int, table: torch.Tensor) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """FP8: (the num_kept engine linears whose rounding costs the calibration loss most, then the
+    num_kept_activations others whose input rounding costs it most), by one quant.sensitivity pass,
+    each most sensitive first."""
     device = table.device
     norm = source.get("model.norm.weight").float().to(device)
     head = table if _tied(config, source) else source.get("lm_head.weight").float().to(device)
     windows = calibration.samples[:SENSITIVITY_WINDOWS]
     ranked = fp8_sensitivity(runner, windows, table, norm, head, config.rms_norm_eps, config.num_hidden_layers,
                              round_inputs=not options.fp8_weight_only)
-    return tuple(s.name for s in ranked[:num_kept])
+    kept = ranked[:num_kept]
+    by_inputs = sorted(ranked[num_kept:], key=lambda s: -s.activation_score)
+    return tuple(s.name for s in kept), tuple(s.name for s in by_inputs[:num_kept_activations])

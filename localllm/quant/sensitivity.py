@@ -39,34 +39,48 @@ SENSITIVITY_WINDOWS = 4  # calibration windows the pass backpropagates (SmolLM2:
 @dataclass(frozen=True)
 class LinearSensitivity:
     name: str  # engine name, e.g. "model.layers.29.mlp.down_proj" (fused q/k/v and gate/up are one)
-    score: float  # estimated loss increase (arbitrary units: compare within one model)
+    score: float  # estimated loss increase of FP8 there (arbitrary units: compare within one model)
     num_weights: int
+    # the part of it that rounding the inputs adds (FP8 weights either way): what keeping this
+    # linear's activations in 16 bits would save (0 when ranking weight-only FP8)
+    activation_score: float = 0.0
 
 
-def rounding_error(x: torch.Tensor, weight: torch.Tensor, round_inputs: bool = True) -> torch.Tensor:
-    """dy = Q_token(x) @ Q_channel(W)^T - x @ W^T in float32: what FP8_DYNAMIC changes in the output
-    (round_inputs=False: weight-only FP8, x stays as it is)."""
+def rounding_errors(x: torch.Tensor, weight: torch.Tensor, round_inputs: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dy, dy_inputs) in float32: dy = Q_token(x) @ Q_channel(W)^T - x @ W^T, what FP8_DYNAMIC
+    changes in the output, and dy_inputs = (Q_token(x) - x) @ Q_channel(W)^T, the part of it the
+    input rounding adds (round_inputs=False: weight-only FP8, x stays as it is, dy_inputs = 0)."""
     xf = x.reshape(-1, x.shape[-1]).float()
     x_q = round_fp8(xf, amax_scales(xf)) if round_inputs else xf  # per token: each row's amax maps to 448
     w = weight.float()
-    return x_q @ round_fp8(w, amax_scales(w)).t() - xf @ w.t()
+    w_q = round_fp8(w, amax_scales(w))
+    dy_inputs = (x_q - xf) @ w_q.t()
+    return xf @ w_q.t() - xf @ w.t() + dy_inputs, dy_inputs
 
 
 class _FisherHooks:
-    """Forward hooks on one layer's linears: each output gets a gradient hook adding (g * dy)^2."""
+    """Forward hooks on one layer's linears: each output gets a gradient hook adding (g * dy)^2
+    (and (g * dy_inputs)^2 to the activation scores)."""
 
-    def __init__(self, layer: torch.nn.Module, prefix: str, scores: dict[str, float], round_inputs: bool):
+    def __init__(self, layer: torch.nn.Module, prefix: str, scores: dict[str, float],
+                 activation_scores: dict[str, float], round_inputs: bool):
         self.prefix, self.scores, self.round_inputs = prefix, scores, round_inputs
+        self.activation_scores = activation_scores
         self._handles = [m.register_forward_hook(self._hook(name)) for name, m in linear_modules(layer).items()]
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
             with torch.no_grad():
-                dy = rounding_error(inputs[0], module.weight, self.round_inputs).view(output.shape)
+                dy, dy_inputs = rounding_errors(inputs[0], module.weight, self.round_inputs)
+                dy, dy_inputs = dy.view(output.shape), dy_inputs.view(output.shape)
             key = self.prefix + name
 
             def on_grad(g: torch.Tensor) -> None:
-                self.scores[key] = self.scores.get(key, 0.0) + 0.5 * float((g.float() * dy).pow(2).sum())
+                g = g.float()
+                self.scores[key] = self.scores.get(key, 0.0) + 0.5 * float((g * dy).pow(2).sum())
+                self.activation_scores[key] = (self.activation_scores.get(key, 0.0)
+                                               + 0.5 * float((g * dy_inputs).pow(2).sum()))
 
             output.register_hook(on_grad)
 
@@ -90,9 +104,10 @@ def fp8_sensitivity(runner: LayerRunner, windows: torch.Tensor, embed: torch.Ten
                     head: torch.Tensor, eps: float, num_layers: int,
                     round_inputs: bool = True) -> list[LinearSensitivity]:
     """windows int64 [W, L]; embed [V, H], norm [H], head [V, H] float32 on runner.device ->
-    every decoder linear with its score, most sensitive first (round_inputs: see rounding_error)."""
+    every decoder linear with its score, most sensitive first (round_inputs: see rounding_errors)."""
     device = runner.device
     scores: dict[str, float] = {}
+    activation_scores: dict[str, float] = {}
     sizes: dict[str, int] = {}
     with ops.use_backend("reference"):
         with torch.no_grad():
@@ -115,7 +130,7 @@ def fp8_sensitivity(runner: LayerRunner, windows: torch.Tensor, embed: torch.Ten
             layer = runner.load(i)
             for name, module in linear_modules(layer).items():
                 sizes[layer_prefix(i) + name] = module.weight.numel()
-            hooks = _FisherHooks(layer, layer_prefix(i), scores, round_inputs)
+            hooks = _FisherHooks(layer, layer_prefix(i), scores, activation_scores, round_inputs)
             try:
                 for w in range(windows.shape[0]):
                     x = inputs[i][w].clone().requires_grad_(True)
@@ -126,4 +141,4 @@ def fp8_sensitivity(runner: LayerRunner, windows: torch.Tensor, embed: torch.Ten
                 hooks.close()
             inputs[i] = None  # NOTE: this layer's inputs are no longer needed; free them as we go
     ranked = sorted(scores, key=lambda n: -scores[n])
-    return [LinearSensitivity(n, scores[n], sizes[n]) for n in ranked]
+    return [LinearSensitivity(n, scores[n], sizes[n], activation_scores[n]) for n in ranked]

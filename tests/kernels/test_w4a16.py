@@ -145,3 +145,53 @@ def test_fp8_scaled_mm_matches_reference(rows):
     with ops.use_backend("reference"):
         want = ops.fp8_linear(x, wq, wscale)
     assert _rel_err(got, want) < 1e-2
+
+
+# --------------------------------------------------------------------------- FP8 weight-only (W8A16)
+
+
+def _fp8_weights(n: int, k: int, gen):
+    w = torch.randn(n, k, generator=gen, device=KERNEL_DEVICE) * 0.05
+    w[0, 0] = 0.4  # a row whose amax sets a larger scale
+    scale = (w.abs().amax(dim=1) / 448).float()
+    return (w / scale[:, None]).to(torch.float8_e4m3fn), scale
+
+
+@pytest.mark.parametrize("k,n", [(k, n) for k, n, _ in SHAPES] + ([] if REAL_SHAPES else [(100, 37)]))
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fp8_w8a16_matches_reference(k, n, rows, dtype):
+    """The W4A16 kernels' FP8 mode (weights [N, K] as stored, a scale per output row): GEMV,
+    split-K tiles and the tiled GEMM against reference.fp8_weight_only_linear; (100, 37): K and N
+    that no tile divides."""
+    gen = _gen("w8a16", k, n, rows, dtype)
+    weight, scale = _fp8_weights(n, k, gen)
+    x = torch.randn(rows, k, generator=gen, device=KERNEL_DEVICE).to(dtype)
+    if KERNEL_DEVICE == "cuda":
+        torch.full((rows * n + 1,), float("nan"), device="cuda")  # NaN in the allocator's free blocks
+    got = w4a16.fp8_w8a16_matmul(x, weight, scale)
+    want = reference.fp8_weight_only_linear(x, weight, scale)
+    assert got.dtype == dtype and got.shape == (rows, n)
+    assert not got.isnan().any(), "NaN in output: an element was not written"
+    assert _rel_err(got, want) < REL_TOL[dtype]
+
+
+def test_fp8_weight_only_op_dispatch_bias_and_checks():
+    gen = _gen("w8a16-ops")
+    weight, scale = _fp8_weights(48, 64, gen)
+    x = torch.randn(3, 64, generator=gen, device=KERNEL_DEVICE)
+    bias = torch.randn(48, generator=gen, device=KERNEL_DEVICE)
+    with ops.use_backend("triton"):
+        triton_out = ops.fp8_weight_only_linear(x, weight, scale, bias)
+    with ops.use_backend("reference"):
+        reference_out = ops.fp8_weight_only_linear(x, weight, scale, bias)
+    assert _rel_err(triton_out, reference_out) < 1e-5
+    exact = x @ (weight.float() * scale[:, None]).t() + bias
+    assert _rel_err(reference_out, exact) < 1e-6  # float32: the dequantized weight is exact
+    # The float32 cache of FP8 values (the CPU layer's) gives exactly the reference's answer.
+    torch.testing.assert_close(ops.fp8_weight_only_linear(x, weight.float(), scale, bias), reference_out,
+                               rtol=0, atol=0)
+    with pytest.raises(ValueError, match="weight_scale must be float32"):
+        ops.fp8_weight_only_linear(x, weight, scale.half())
+    with pytest.raises(ValueError, match="must agree on K"):
+        ops.fp8_weight_only_linear(x[:, :32], weight, scale)

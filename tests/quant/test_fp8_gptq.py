@@ -106,7 +106,8 @@ def test_fp8_gptq_through_quantize_writes_the_grid_it_chose(tmp_path):
 
     src = random_tiny_model(str(tmp_path / "src"), seed=9)
     original = dict(engine_model(src).named_parameters())
-    common = dict(method="fp8", num_samples=4, seq_len=32, num_heldout=1, fp8_keep=0)  # every linear FP8
+    common = dict(method="fp8", num_samples=4, seq_len=32, num_heldout=1, fp8_keep=0,
+                  fp8_keep_activations=0)  # every linear FP8, activations too
     reports = {}
     models = {}
     for algorithm in ("gptq", "rtn", "mse"):

@@ -11,16 +11,19 @@ import os
 import pytest
 import torch
 
-from localllm.quant.export import ignored_modules, quantization_config
+from localllm.quant.export import checkpoint_modules, quantization_config
 from localllm.quant.quantize import DEFAULT_FP8_KEEP_FRACTION, QuantizeError, QuantizeOptions, prepare, quantize_model
 from tests.quant.tiny import trained_tiny_model
 
-FAST = dict(method="fp8", fp8_algorithm="rtn", num_samples=4, seq_len=64, num_heldout=2)  # rtn: deterministic
-TARGET = "model.layers.1.mlp.down_proj"
+# rtn: deterministic; no linear with 16-bit activations unless a test asks (test_fp8_keep_activations.py)
+FAST = dict(method="fp8", fp8_algorithm="rtn", num_samples=4, seq_len=64, num_heldout=2, fp8_keep_activations=0)
+TARGET_LAYER = 1
+TARGET = f"model.layers.{TARGET_LAYER}.mlp.down_proj"
+OTHER_DOWN = "model.layers.0.mlp.down_proj"  # an ordinary FP8 linear beside it
 
 
 def _outlier_twin(src: str, dst: str, alpha: float = 1e7) -> str:
-    """The same function as src, with one intermediate channel of layer 1 scaled by alpha in up_proj
+    """The same function as src, with one intermediate channel of layer TARGET_LAYER scaled by alpha in up_proj
     and by 1/alpha in down_proj: down_proj's per-token e4m3 input scale is then set by that one
     channel and every other channel falls below e4m3's smallest subnormal (rounds to zero)."""
     from transformers import AutoModelForCausalLM
@@ -28,7 +31,7 @@ def _outlier_twin(src: str, dst: str, alpha: float = 1e7) -> str:
     from tests.quant.tiny import save_model
 
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    mlp = model.model.layers[1].mlp
+    mlp = model.model.layers[TARGET_LAYER].mlp
     with torch.no_grad():
         mlp.up_proj.weight[3] *= alpha
         mlp.down_proj.weight[:, 3] /= alpha
@@ -38,7 +41,7 @@ def _outlier_twin(src: str, dst: str, alpha: float = 1e7) -> str:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("fp8keep")
-    src = trained_tiny_model(str(root / "src"), steps=20)
+    src = trained_tiny_model(str(root / "src"), steps=20, seed=2)  # NOTE: its plain ranking is not TARGET first
     return src, _outlier_twin(src, str(root / "outlier")), root
 
 
@@ -90,8 +93,8 @@ def test_kept_linear_is_written_dense_and_ignored(models):
     with safe_open(os.path.join(path, "model.safetensors"), "pt") as f:
         names = set(f.keys())
         assert f.get_tensor(TARGET + ".weight").dtype == torch.bfloat16
-        assert f.get_tensor("model.layers.0.mlp.down_proj.weight").dtype == torch.float8_e4m3fn
-    assert TARGET + ".weight_scale" not in names and "model.layers.0.mlp.down_proj.weight_scale" in names
+        assert f.get_tensor(OTHER_DOWN + ".weight").dtype == torch.float8_e4m3fn
+    assert TARGET + ".weight_scale" not in names and OTHER_DOWN + ".weight_scale" in names
 
 
 def test_ignored_linear_loads_dense_with_its_twins_logits(models):
@@ -104,13 +107,13 @@ def test_ignored_linear_loads_dense_with_its_twins_logits(models):
     kept, checkpoint = _engine(str(root / "outlier-k1"))
     module = kept.get_submodule(TARGET)
     assert isinstance(module, Linear) and not isinstance(module, FP8Linear)
-    assert isinstance(kept.get_submodule("model.layers.0.mlp.down_proj"), FP8Linear)
+    assert isinstance(kept.get_submodule(OTHER_DOWN), FP8Linear)
     twin, _ = _engine(str(root / "outlier-k0"))
     assert isinstance(twin.get_submodule(TARGET), FP8Linear)
     dense, _ = _engine(outlier)
     source_weight = dense.get_submodule(TARGET).weight.data.to(torch.bfloat16).float()
     assert torch.equal(module.weight.data, source_weight)
-    twin.model.layers[1].mlp.down_proj = dense.get_submodule(TARGET)
+    twin.model.layers[TARGET_LAYER].mlp.down_proj = dense.get_submodule(TARGET)
     dense.get_submodule(TARGET).weight.data.copy_(source_weight)
     assert torch.equal(_logits(kept, checkpoint), _logits(twin, checkpoint))
 
@@ -136,7 +139,7 @@ def test_keeping_every_linear_gives_the_16_bit_model(models):
 
 
 def test_ignored_modules_name_each_fused_part():
-    assert ignored_modules(("model.layers.2.self_attn.qkv_proj", "model.layers.0.mlp.gate_up_proj",
+    assert checkpoint_modules(("model.layers.2.self_attn.qkv_proj", "model.layers.0.mlp.gate_up_proj",
                             "model.layers.1.mlp.down_proj")) == [
         "model.layers.2.self_attn.q_proj", "model.layers.2.self_attn.k_proj", "model.layers.2.self_attn.v_proj",
         "model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.1.mlp.down_proj"]
@@ -153,7 +156,7 @@ def test_default_and_bad_values():
     assert QuantizeOptions(method="fp8", fp8_keep=5).fp8_keep_count(120) == 5
     assert QuantizeOptions(method="gptq").fp8_keep_count(120) == 0
     assert "the most sensitive linears 16-bit" in QuantizeOptions(method="fp8").scheme_name()
-    assert "16-bit" not in QuantizeOptions(method="fp8", fp8_keep=0).scheme_name()
+    assert "16-bit" not in QuantizeOptions(method="fp8", fp8_keep=0, fp8_keep_activations=0).scheme_name()
     assert "15 most sensitive linears 16-bit" in QuantizeOptions(method="fp8").scheme_name(15)
     for bad, needle in ((-1, "--fp8-keep"), (True, "--fp8-keep"), (2.5, "--fp8-keep")):
         with pytest.raises(QuantizeError, match=needle):
@@ -166,15 +169,31 @@ def test_default_and_bad_values():
 def test_rounding_error_is_per_token_e4m3():
     """A token whose amax is 1e7 times its other channels loses them (below e4m3's smallest
     subnormal); the token beside it keeps e4m3's relative error of at most 1/16."""
-    from localllm.quant.sensitivity import rounding_error
+    from localllm.quant.sensitivity import rounding_errors
 
     w = torch.eye(4)
     x = torch.tensor([[1e7, 1.0, -1.0, 0.5], [3.0, 1.0, -1.0, 0.7]])
-    dy = rounding_error(x, w)
+    dy, dy_inputs = rounding_errors(x, w)
     torch.testing.assert_close(dy[0, 1:], -x[0, 1:])
     assert dy[0, 0] == 0 and float((dy[1] / x[1]).abs().max()) <= 1 / 16
     assert float(dy[1].abs().max()) > 0  # 0.7 is not on the e4m3 grid at this token's scale
-    assert torch.equal(rounding_error(x, w, round_inputs=False), torch.zeros(2, 4))  # identity weights are exact
+    assert torch.equal(dy_inputs, dy)  # identity weights are exact: all of the error is the inputs'
+    dy, dy_inputs = rounding_errors(x, w, round_inputs=False)
+    assert torch.equal(dy, torch.zeros(2, 4)) and torch.equal(dy_inputs, torch.zeros(2, 4))
+
+
+def test_rounding_errors_split_weights_from_inputs():
+    """dy_inputs is (Q(x) - x) Q(W)^T; the rest of dy is x (Q(W) - W)^T."""
+    from localllm.quant.fp8 import amax_scales, round_fp8
+    from localllm.quant.sensitivity import rounding_errors
+
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(5, 16, generator=gen), torch.randn(8, 16, generator=gen)
+    dy, dy_inputs = rounding_errors(x, w)
+    x_q, w_q = round_fp8(x, amax_scales(x)), round_fp8(w, amax_scales(w))
+    torch.testing.assert_close(dy_inputs, (x_q - x) @ w_q.t())
+    torch.testing.assert_close(dy - dy_inputs, x @ (w_q - w).t())
+    assert float(dy_inputs.abs().max()) > 0 and float((dy - dy_inputs).abs().max()) > 0
 
 
 def test_more_than_the_model_has_fails_before_writing(models, tmp_path):

@@ -101,7 +101,8 @@ def test_quantized_variants_round_trip_through_the_engine(tmp_path):
         for method in ("rtn", "fp8"):
             out = tmp_path / f"{arch}-{method}"
             quantize_model(src, str(out), QuantizeOptions(method=method, group_size=32, seq_len=32, num_heldout=1,
-                                                          fp8_algorithm="rtn", fp8_keep=0))
+                                                          fp8_algorithm="rtn", fp8_keep=0,
+                                                          fp8_keep_activations=0))
             model = engine_model(str(out))
             checked = 0
             for name, module in model.named_modules():

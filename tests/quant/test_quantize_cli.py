@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from localllm.cli.main import app
@@ -48,6 +50,17 @@ def test_report_text_names_what_was_given_up(tiny, tmp_path):
     assert result.exit_code == 0, result.output
     for phrase in ("perplexity", "top-1 agreement", "on disk", "in memory", "peak memory"):
         assert phrase in result.stdout
+    assert re.search(r"\([+-]\d+\.\d\d% ± \d+\.\d\d\)", result.stdout), result.stdout  # the change's standard error
+
+
+def test_change_standard_error():
+    from localllm.quant.quantize import change_standard_error
+
+    original = torch.zeros(4, 10)
+    quantized = torch.tensor([0.01, 0.03, 0.01, 0.03]).view(4, 1).expand(4, 10)
+    # per-window changes 0.01, 0.03, 0.01, 0.03: sample sd 0.011547, over sqrt(4): 0.5774%
+    assert abs(change_standard_error(original, quantized) - 0.57735) < 1e-4
+    assert change_standard_error(original[:1], quantized[:1]) is None
 
 
 @pytest.mark.parametrize("args,message", [
@@ -58,6 +71,8 @@ def test_report_text_names_what_was_given_up(tiny, tmp_path):
     (["--method", "awq", "-g", "48"], "group size 48 does not divide the 64 input features"),
     (["--method", "gptq", "--calib", "/nonexistent/calib.txt"], "calibration file '/nonexistent/calib.txt' not found"),
     (["--method", "fp8", "--fp8-keep", "-1"], "--fp8-keep must be a number of linears >= 0 with --method fp8, got -1"),
+    (["--method", "awq", "--fp8-keep-activations", "2"],
+     "--fp8-keep-activations must be a number of linears >= 0 with --method fp8, got 2 with --method awq"),
     (["--method", "gptq", "--fp8-keep", "2"], "--fp8-keep must be a number of linears >= 0 with --method fp8, got 2"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tiny, tmp_path, args, message):

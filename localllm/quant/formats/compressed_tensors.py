@@ -28,15 +28,22 @@ FP8_DYNAMIC_SCHEME = {
 }
 
 
-def fp8_config(ignore: list[str], weight_only: bool = False) -> dict:
+def fp8_config(ignore: list[str], weight_only: bool = False, activations_16bit: list[str] = ()) -> dict:
     """FP8 weights per output channel, dynamic per-token FP8 activations (llm-compressor's
-    FP8_DYNAMIC), or with weight_only no input_activations: 16-bit activations (W8A16)."""
-    scheme = dict(FP8_DYNAMIC_SCHEME, input_activations=None) if weight_only else FP8_DYNAMIC_SCHEME
+    FP8_DYNAMIC), or with weight_only no input_activations: 16-bit activations (W8A16).
+
+    activations_16bit: module names that keep FP8 weights but 16-bit activations, as a second
+    config group targeting them by name (compressed-tensors and vLLM match exact names before the
+    "Linear" class target, so the named modules take that group's scheme)."""
+    weight_only_scheme = dict(FP8_DYNAMIC_SCHEME, input_activations=None)
+    groups = {"group_0": weight_only_scheme if weight_only else FP8_DYNAMIC_SCHEME}
+    if activations_16bit and not weight_only:
+        groups["group_1"] = dict(weight_only_scheme, targets=list(activations_16bit))
     return {
         "quant_method": "compressed-tensors",
         "format": "float-quantized",
         "quantization_status": "compressed",
-        "config_groups": {"group_0": scheme},
+        "config_groups": groups,
         "ignore": list(ignore),
         "kv_cache_scheme": None,
         "global_compression_ratio": None,
