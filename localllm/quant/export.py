@@ -4,6 +4,8 @@ gate_proj, up_proj; norms and biases in the output dtype."""
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -82,4 +84,17 @@ def quantization_config(method: str, bits: int, group_size: int, sym: bool, act_
     if fmt == "gptq":
         return gptq.config(bits, group_size, act_order, sym, damp_percent)
     return compressed_tensors.fp8_config(["lm_head", *checkpoint_modules(kept)], weight_only=fp8_weight_only,
-                                         activations_16bit=checkpoint_modules(kept_activations))
+                                         activations_16bit=[fused_target(name) for name in kept_activations])
+
+
+def fused_target(name: str) -> str:
+    """A compressed-tensors "re:" target for one engine linear that matches it under its fused
+    name ("model.layers.3.mlp.gate_up_proj": what vLLM matches a config group's targets against,
+    before it tries the "Linear" class) and under its checkpoint parts ("...gate_proj",
+    "...up_proj": what compressed-tensors and transformers match, by name before the class)."""
+    from localllm.layers.quantized_linear import checkpoint_names
+
+    prefix, _, leaf = name.rpartition(".")
+    stems = [leaf.removesuffix("_proj")]
+    stems += [p.rpartition(".")[2].removesuffix("_proj") for p in checkpoint_names(name) if p != name]
+    return "re:^" + re.escape(prefix + ".") + "(" + "|".join(stems) + ")_proj$"

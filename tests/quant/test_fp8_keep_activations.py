@@ -14,6 +14,7 @@ import torch
 
 from localllm.errors import ModelLoadError
 from localllm.quant.config import _compressed_tensors
+from localllm.quant.export import fused_target
 from localllm.quant.formats import compressed_tensors
 from localllm.quant.quantize import (DEFAULT_FP8_KEEP_ACTIVATIONS_FRACTION, QuantizeError, QuantizeOptions, prepare,
                                      quantize_model)
@@ -57,7 +58,7 @@ def test_kept_activations_are_written_as_a_weight_only_group(models):
     assert config["ignore"] == ["lm_head"]
     groups = config["config_groups"]
     assert groups["group_0"]["targets"] == ["Linear"] and groups["group_0"]["input_activations"]["dynamic"]
-    assert groups["group_1"]["targets"] == [TARGET] and groups["group_1"]["input_activations"] is None
+    assert groups["group_1"]["targets"] == [fused_target(TARGET)] and groups["group_1"]["input_activations"] is None
     assert groups["group_1"]["weights"] == groups["group_0"]["weights"]
     from safetensors import safe_open
 
@@ -72,7 +73,8 @@ def test_compressed_tensors_resolves_the_two_groups_as_meant():
     ct = pytest.importorskip("compressed_tensors")
     from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config
 
-    raw = compressed_tensors.fp8_config(["lm_head"], activations_16bit=["model.layers.1.mlp.down_proj"])
+    raw = compressed_tensors.fp8_config(["lm_head"], activations_16bit=[
+        fused_target("model.layers.1.mlp.gate_up_proj"), fused_target("model.layers.0.mlp.down_proj")])
 
     class Tiny(torch.nn.Module):
         def __init__(self):
@@ -91,7 +93,8 @@ def test_compressed_tensors_resolves_the_two_groups_as_meant():
     schemes = {n: getattr(m, "quantization_scheme", None) for n, m in model.named_modules()
                if isinstance(m, torch.nn.Linear)}
     assert schemes.pop("lm_head") is None
-    assert schemes.pop("model.layers.1.mlp.down_proj").input_activations is None
+    assert schemes.pop("model.layers.1.mlp.up_proj").input_activations is None
+    assert schemes.pop("model.layers.0.mlp.down_proj").input_activations is None
     assert all(s.input_activations is not None and s.input_activations.dynamic for s in schemes.values())
     assert ct is not None
 
@@ -112,6 +115,24 @@ def test_engine_loads_it_weight_only_with_its_twins_logits(models):
     twin.get_submodule(TARGET).weight_only = True
     assert not torch.equal(twin_logits, _logits(twin, checkpoint))  # the switch matters here
     assert torch.equal(_logits(model, checkpoint), _logits(twin, checkpoint))
+
+
+def test_targets_match_fused_names_and_their_parts_only():
+    """vLLM matches a config group's targets against its fused layer names (qkv_proj, gate_up_proj)
+    first and only then tries the "Linear" class; compressed-tensors and transformers match the
+    checkpoint's part names. The weight-only group's targets must hit both, and nothing else."""
+    import re
+
+    from localllm.layers.quantized_linear import checkpoint_names
+
+    for name in ("model.layers.3.mlp.gate_up_proj", "model.layers.3.self_attn.qkv_proj",
+                 "model.layers.3.mlp.down_proj", "model.layers.3.self_attn.o_proj"):
+        pattern = fused_target(name)[3:]
+        assert re.match(pattern, name)
+        assert all(re.match(pattern, part) for part in checkpoint_names(name))
+        others = ["model.layers.13.mlp.up_proj", "model.layers.3.mlp.up_proj_extra", "xmodel.layers.3.mlp.down_proj",
+                  "model.layers.3.self_attn.o_proj" if "mlp" in name else "model.layers.3.mlp.down_proj"]
+        assert not any(re.match(pattern, other) for other in others), name
 
 
 def _two_groups(**changes) -> dict:
