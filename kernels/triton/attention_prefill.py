@@ -76,6 +76,21 @@ def _attend_tile(q, acc, m_i, l_i, slot, k_base, v_base, n0, kv_end, q_pos, qk_s
 
 
 @triton.jit
+def _attend_range(q, acc, m_i, l_i, slot, bt_row, k_base, v_base, n_start, n_end, kv_end, q_pos, qk_scale,
+                  stride_block, stride_slot, offs_n, offs_d, BLOCK: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                  OFFSET_DTYPE: tl.constexpr, MASKED: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                  PRECISION: tl.constexpr):
+    """Key tiles [n_start, n_end) of BLOCK positions. slot holds the first tile's slot offsets;
+    returns (acc, m_i, l_i, the slot offsets of the tile at n_end)."""
+    for n0 in range(n_start, n_end, BLOCK):
+        next_slot = _kv_slots(bt_row, n0 + BLOCK, kv_end, stride_block, stride_slot, offs_n, BLOCK_SIZE, OFFSET_DTYPE)
+        acc, m_i, l_i = _attend_tile(q, acc, m_i, l_i, slot, k_base, v_base, n0, kv_end, q_pos, qk_scale,
+                                     offs_n, offs_d, MASKED, DOT_DTYPE, PRECISION)
+        slot = next_slot
+    return acc, m_i, l_i, slot
+
+
+@triton.jit
 def _prefill_kernel(
     q_ptr, kv_ptr, query_start_loc_ptr, seq_lens_ptr, block_table_ptr, out_ptr,
     qk_scale, num_seqs,
@@ -127,26 +142,18 @@ def _prefill_kernel(
     # never wait on a block-table load of the same iteration: Triton's pipeliner then keeps
     # num_stages - 1 K/V tiles in flight (loaded in the same iteration, it waited on every copy).
     slot = _kv_slots(bt_row, 0, kv_end, stride_block, stride_slot, offs_n, BLOCK_SIZE, OFFSET_DTYPE)
-    for n0 in range(0, full_end, BLOCK_N):
-        next_slot = _kv_slots(bt_row, n0 + BLOCK_N, kv_end, stride_block, stride_slot, offs_n, BLOCK_SIZE, OFFSET_DTYPE)
-        acc, m_i, l_i = _attend_tile(q, acc, m_i, l_i, slot, k_base, v_base, n0, kv_end, q_pos, qk_scale,
-                                     offs_n, offs_d, False, DOT_DTYPE, PRECISION)
-        slot = next_slot
+    acc, m_i, l_i, slot = _attend_range(q, acc, m_i, l_i, slot, bt_row, k_base, v_base, 0, full_end, kv_end, q_pos,
+                                        qk_scale, stride_block, stride_slot, offs_n, offs_d, BLOCK_N, BLOCK_SIZE,
+                                        OFFSET_DTYPE, False, DOT_DTYPE, PRECISION)
     offs_nd = tl.arange(0, BLOCK_N_DIAG)
-    if BLOCK_N_DIAG != BLOCK_N:  # (equal: the loop above already carries full_end's slots)
+    if BLOCK_N_DIAG != BLOCK_N:  # (equal: the range above already carries full_end's slots)
         slot = _kv_slots(bt_row, full_end, kv_end, stride_block, stride_slot, offs_nd, BLOCK_SIZE, OFFSET_DTYPE)
-    for n0 in range(full_end, diag_start, BLOCK_N_DIAG):
-        next_slot = _kv_slots(bt_row, n0 + BLOCK_N_DIAG, kv_end, stride_block, stride_slot, offs_nd, BLOCK_SIZE,
-                              OFFSET_DTYPE)
-        acc, m_i, l_i = _attend_tile(q, acc, m_i, l_i, slot, k_base, v_base, n0, kv_end, q_pos, qk_scale,
-                                     offs_nd, offs_d, False, DOT_DTYPE, PRECISION)
-        slot = next_slot
-    for n0 in range(diag_start, kv_end, BLOCK_N_DIAG):
-        next_slot = _kv_slots(bt_row, n0 + BLOCK_N_DIAG, kv_end, stride_block, stride_slot, offs_nd, BLOCK_SIZE,
-                              OFFSET_DTYPE)
-        acc, m_i, l_i = _attend_tile(q, acc, m_i, l_i, slot, k_base, v_base, n0, kv_end, q_pos, qk_scale,
-                                     offs_nd, offs_d, True, DOT_DTYPE, PRECISION)
-        slot = next_slot
+    acc, m_i, l_i, slot = _attend_range(q, acc, m_i, l_i, slot, bt_row, k_base, v_base, full_end, diag_start, kv_end,
+                                        q_pos, qk_scale, stride_block, stride_slot, offs_nd, offs_d, BLOCK_N_DIAG,
+                                        BLOCK_SIZE, OFFSET_DTYPE, False, DOT_DTYPE, PRECISION)
+    acc, m_i, l_i, slot = _attend_range(q, acc, m_i, l_i, slot, bt_row, k_base, v_base, diag_start, kv_end, kv_end,
+                                        q_pos, qk_scale, stride_block, stride_slot, offs_nd, offs_d, BLOCK_N_DIAG,
+                                        BLOCK_SIZE, OFFSET_DTYPE, True, DOT_DTYPE, PRECISION)
 
     out = acc / l_i[:, None]
     tl.store(out_ptr + q_rows[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
