@@ -32,9 +32,9 @@ def fp8_config(ignore: list[str], weight_only: bool = False, activations_16bit: 
     """FP8 weights per output channel, dynamic per-token FP8 activations (llm-compressor's
     FP8_DYNAMIC), or with weight_only no input_activations: 16-bit activations (W8A16).
 
-    activations_16bit: module names that keep FP8 weights but 16-bit activations, as a second
-    config group targeting them by name (compressed-tensors and vLLM match exact names before the
-    "Linear" class target, so the named modules take that group's scheme)."""
+    activations_16bit: targets (names or "re:" patterns: quant.export.fused_target) of the modules
+    that keep FP8 weights but 16-bit activations, as a second, weight-only config group; readers
+    try names and patterns before group 0's "Linear" class target."""
     weight_only_scheme = dict(FP8_DYNAMIC_SCHEME, input_activations=None)
     groups = {"group_0": weight_only_scheme if weight_only else FP8_DYNAMIC_SCHEME}
     if activations_16bit and not weight_only:
