@@ -62,10 +62,9 @@ def export_layer(index: int, layer: nn.Module, quantized: dict[str, object], fmt
     return out
 
 
-def checkpoint_modules(kept: tuple[str, ...]) -> list[str]:
+def ignored_modules(kept: tuple[str, ...]) -> list[str]:
     """Engine linear names ("model.layers.3.mlp.gate_up_proj") -> the checkpoint modules they
-    stand for, as compressed-tensors names them in ignore lists and targets
-    ("model.layers.3.mlp.gate_proj", ...)."""
+    stand for, as compressed-tensors' ignore lists them ("model.layers.3.mlp.gate_proj", ...)."""
     from localllm.layers.quantized_linear import checkpoint_names
 
     return [module for name in kept for module in checkpoint_names(name)]
@@ -83,7 +82,7 @@ def quantization_config(method: str, bits: int, group_size: int, sym: bool, act_
         return awq.config(bits, group_size)
     if fmt == "gptq":
         return gptq.config(bits, group_size, act_order, sym, damp_percent)
-    return compressed_tensors.fp8_config(["lm_head", *checkpoint_modules(kept)], weight_only=fp8_weight_only,
+    return compressed_tensors.fp8_config(["lm_head", *ignored_modules(kept)], weight_only=fp8_weight_only,
                                          activations_16bit=[fused_target(name) for name in kept_activations])
 
 

@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from localllm.quant.export import checkpoint_modules, quantization_config
+from localllm.quant.export import ignored_modules, quantization_config
 from localllm.quant.quantize import DEFAULT_FP8_KEEP_FRACTION, QuantizeError, QuantizeOptions, prepare, quantize_model
 from tests.quant.tiny import trained_tiny_model
 
@@ -139,7 +139,7 @@ def test_keeping_every_linear_gives_the_16_bit_model(models):
 
 
 def test_ignored_modules_name_each_fused_part():
-    assert checkpoint_modules(("model.layers.2.self_attn.qkv_proj", "model.layers.0.mlp.gate_up_proj",
+    assert ignored_modules(("model.layers.2.self_attn.qkv_proj", "model.layers.0.mlp.gate_up_proj",
                             "model.layers.1.mlp.down_proj")) == [
         "model.layers.2.self_attn.q_proj", "model.layers.2.self_attn.k_proj", "model.layers.2.self_attn.v_proj",
         "model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.1.mlp.down_proj"]
