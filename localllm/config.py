@@ -74,6 +74,9 @@ class SchedulerConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048  # token budget per step (chunked prefill splits past it)
     max_model_len: int = 2048
+    # Schedule and prepare the next decode step while the device runs the current one (see
+    # Scheduler.schedule_ahead). None: on where the device runs apart from the host (CUDA).
+    async_scheduling: bool | None = None
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:

@@ -19,11 +19,16 @@ if TYPE_CHECKING:
 @dataclass
 class SchedulerOutput:
     """One step's batch. Row i feeds `num_scheduled_tokens[i]` tokens of `requests[i]`,
-    starting at position `requests[i].num_computed_tokens`, into the blocks `block_ids[i]`."""
+    starting at position `num_computed_tokens[i]`, into the blocks `block_ids[i]`.
+
+    NOTE: in a step scheduled ahead (async scheduling, `Scheduler.schedule_ahead`) a row's one
+    token is the token the step before it is still sampling: known on the device, not yet in
+    `requests[i].all_token_ids`, and `requests[i].num_computed_tokens` lags by that step."""
 
     requests: list["Request"]
     num_scheduled_tokens: list[int]
     block_ids: list[list[int]]
+    num_computed_tokens: list[int]
     total_num_scheduled_tokens: int
     # Requests preempted or finished since the last step: the runner drops any state of theirs.
     preempted_req_ids: set[str] = field(default_factory=set)

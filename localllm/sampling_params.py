@@ -144,6 +144,11 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature < _GREEDY_EPS
 
+    @property
+    def penalizes(self) -> bool:
+        """True when a penalty can change a logit (each reads the tokens seen so far)."""
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
+
     def clone(self) -> "SamplingParams":
         import copy
 

@@ -40,11 +40,15 @@ class KVCacheManager:
         return self.pool.usage()
 
     def _block_hashes(self, request: Request, num_tokens: int) -> list[int]:
-        """Hashes of the full blocks among the request's first num_tokens tokens."""
+        """Hashes of the full blocks among the request's first num_tokens tokens.
+
+        NOTE: only blocks whose every token is known on the host are hashed. With async
+        scheduling a step may fill a block with a token still being sampled; that block is
+        hashed (and cached) by a later call, once the token is appended."""
         hashes = self.req_to_block_hashes.setdefault(request.request_id, [])
         bs = self.block_size
         tokens = request.all_token_ids
-        for i in range(len(hashes), num_tokens // bs):
+        for i in range(len(hashes), min(num_tokens, len(tokens)) // bs):
             parent = hashes[-1] if hashes else None
             hashes.append(hash_block_tokens(parent, tokens[i * bs : (i + 1) * bs]))
         return hashes

@@ -1,4 +1,5 @@
-"""The step loop: schedule -> execute -> update -> detokenize, one batch per step.
+"""The step loop: schedule -> execute -> update -> detokenize, one batch per step (with async
+scheduling, the next batch is launched before this one's tokens are read back).
 
 LLMEngine is synchronous and single-threaded; AsyncLLM drives it from a thread, LLM calls
 step() until its requests finish.
@@ -9,18 +10,29 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from localllm.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
 from localllm.engine.output_processor import OutputProcessor, child_request_id
 from localllm.engine.request import Request, RequestStatus
 from localllm.engine.scheduler import Scheduler
 from localllm.errors import LocalLLMError, PromptTooLongError
-from localllm.outputs import RequestOutput
+from localllm.outputs import ModelRunnerOutput, RequestOutput, SchedulerOutput
 from localllm.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from localllm.worker.model_runner import LaunchedStep
 
 logger = logging.getLogger(__name__)
 
 PromptType = str | dict
+
+
+@dataclass
+class _InFlight:
+    scheduler_output: SchedulerOutput
+    launched: "LaunchedStep"
 
 
 def build_engine_config(
@@ -41,6 +53,7 @@ def build_engine_config(
     quantization: str | None = "auto",
     enforce_eager: bool = False,
     max_cudagraph_batch_size: int | None = None,
+    async_scheduling: bool | None = None,
 ) -> tuple[EngineConfig, "object"]:
     """Resolve the model name, read its checkpoint header, and fix every limit. Returns the
     config and the opened checkpoint (weights are read later, lazily)."""
@@ -80,6 +93,7 @@ def build_engine_config(
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
             max_model_len=model_len,
+            async_scheduling=async_scheduling,
         ),
     )
     return config, checkpoint
@@ -100,6 +114,10 @@ class LLMEngine:
         self.scheduler = Scheduler(config.scheduler, config.cache, self.runner.num_blocks)
         self.output_processor = OutputProcessor(self.tokenizer)
         self._request_counter = itertools.count()
+        async_scheduling = config.scheduler.async_scheduling
+        self.async_scheduling = self.runner.device.type == "cuda" if async_scheduling is None else async_scheduling
+        # The step launched on the device and not collected yet (async scheduling only).
+        self._in_flight: _InFlight | None = None
 
     @classmethod
     def from_options(cls, model: str = "smollm2", **options) -> "LLMEngine":
@@ -193,12 +211,30 @@ class LLMEngine:
     # ------------------------------------------------------------------ the step
 
     def step(self) -> list[RequestOutput]:
-        scheduler_output = self.scheduler.schedule()
-        if scheduler_output.is_empty:
-            # Still let the runner drop state of requests that ended.
-            self.runner.execute_model(scheduler_output)
-            return []
-        runner_output = self.runner.execute_model(scheduler_output)
+        """Run one step and return its outputs. With async scheduling the next step is
+        scheduled and launched before this one's tokens are read back, so the host's work
+        between steps (reading tokens, stop checks, detokenizing, building the next batch)
+        overlaps the device's."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is None:
+            scheduler_output = self.scheduler.schedule()
+            if scheduler_output.is_empty:
+                # Still let the runner drop state of requests that ended.
+                self.runner.execute_model(scheduler_output)
+                return []
+            in_flight = _InFlight(scheduler_output, self.runner.launch(scheduler_output))
+        if self.async_scheduling:
+            ahead = self.scheduler.schedule_ahead(in_flight.scheduler_output)
+            if ahead is not None:
+                self._in_flight = _InFlight(ahead, self.runner.launch(ahead, in_flight.launched))
+        outputs = self._update(in_flight.scheduler_output, self.runner.collect(in_flight.launched))
+        if self._in_flight is not None and all(r.is_finished for r in self._in_flight.scheduler_output.requests):
+            # Every request of the step ahead ended with this one: nothing left to wait for.
+            self.runner.collect(self._in_flight.launched)
+            self._in_flight = None
+        return outputs
+
+    def _update(self, scheduler_output: SchedulerOutput, runner_output: ModelRunnerOutput) -> list[RequestOutput]:
         updated = self.scheduler.update_from_output(scheduler_output, runner_output)
         logprobs_by_id = dict(zip(runner_output.req_ids, runner_output.logprobs))
         outputs, stopped = self.output_processor.process(

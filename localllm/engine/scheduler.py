@@ -128,10 +128,55 @@ class Scheduler:
             num_scheduled.append(num_new)
             budget -= num_new
 
+        return self._output(scheduled, num_scheduled, [r.num_computed_tokens for r in scheduled], num_cached_tokens)
+
+    def schedule_ahead(self, in_flight: SchedulerOutput) -> SchedulerOutput | None:
+        """The next step, scheduled while `in_flight` still runs (async scheduling): one token
+        for each of its requests, the token `in_flight` is sampling for it, which the runner
+        takes from that step's device output. The host prepares this step while the device
+        runs the one before.
+
+        None when the next step needs the host to see the in-flight tokens first: requests are
+        waiting to be admitted, a row of `in_flight` samples nothing (a prefill chunk), a
+        request's sampling reads its own past tokens (penalties, min_tokens not reached yet,
+        structured output), or a block cannot be had without preempting. A request the
+        in-flight token surely ends (max_tokens, max_model_len) is left out; one that ends on
+        a stop token is found only after this step is launched, which then runs one wasted row.
+
+        NOTE: called only with exactly one step in flight, before its update_from_output:
+        `request.num_computed_tokens` and `request.all_token_ids` lag by that step alone.
+        """
+        if self.waiting:
+            return None
+        rows: list[tuple[Request, int]] = []  # request, its position in this step
+        for request, start, num_new in zip(in_flight.requests, in_flight.num_computed_tokens,
+                                           in_flight.num_scheduled_tokens):
+            if request.is_finished:  # aborted or stopped after `in_flight` was launched
+                continue
+            position = start + num_new
+            if position < request.num_tokens or not _samples_from_logits_alone(request):
+                return None
+            params = request.sampling_params
+            ends = request.num_tokens + 1 >= self.max_model_len or (
+                params.max_tokens is not None and request.num_output_tokens + 1 >= params.max_tokens)
+            if not ends:
+                rows.append((request, position))
+        if not rows or len(rows) > self.config.max_num_batched_tokens:
+            return None
+        for request, position in rows:
+            # NOTE: on None the blocks already taken for earlier rows stay with their requests,
+            # which would take them next step anyway.
+            if self.kv_cache_manager.allocate_slots(request, position + 1 - request.num_computed_tokens) is None:
+                return None
+        return self._output([r for r, _ in rows], [1] * len(rows), [p for _, p in rows], {})
+
+    def _output(self, requests: list[Request], num_scheduled: list[int], num_computed: list[int],
+                num_cached_tokens: dict[str, int]) -> SchedulerOutput:
         output = SchedulerOutput(
-            requests=scheduled,
+            requests=requests,
             num_scheduled_tokens=num_scheduled,
-            block_ids=[self.kv_cache_manager.get_block_ids(r.request_id) for r in scheduled],
+            block_ids=[self.kv_cache_manager.get_block_ids(r.request_id) for r in requests],
+            num_computed_tokens=num_computed,
             total_num_scheduled_tokens=sum(num_scheduled),
             preempted_req_ids=self._preempted_ids,
             finished_req_ids=self._finished_ids,
@@ -184,3 +229,10 @@ class Scheduler:
         if request.num_tokens >= self.max_model_len:
             return RequestStatus.FINISHED_LENGTH
         return None
+
+
+def _samples_from_logits_alone(request: Request) -> bool:
+    """True when sampling the request's next token needs nothing but the logits and its
+    settings: not the tokens it generated so far, which may still be in flight."""
+    params = request.sampling_params
+    return not params.penalizes and request.num_output_tokens >= params.min_tokens and params.structured_outputs is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -25,7 +26,9 @@ from localllm.outputs import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
 from localllm.worker.kv_cache import allocate_kv_caches, choose_num_blocks, kv_bytes_per_block
 from localllm.worker.cpu_decode import CPUDecodePath
 from localllm.worker.cuda_graph import DecodeCUDAGraphs
-from localllm.worker.sampler import Sampler, SamplingBatch, compute_prompt_logprobs, seeded_generator
+from localllm.worker.sampler import (HostSamplerOutput, Sampler, SamplingBatch, compute_prompt_logprobs,
+                                     seeded_generator)
+from localllm.worker.step_inputs import build_step_inputs
 from localllm.worker.structured_output import StructuredOutputManager
 from localllm.worker.transfer import to_device
 
@@ -82,6 +85,21 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return _DTYPES[name]
+
+
+@dataclass
+class LaunchedStep:
+    """A step queued on the device and not yet collected."""
+
+    requests: list[Request]
+    sample_requests: list[Request]
+    sampled: torch.Tensor | None  # int64[len(sample_requests)], on the device
+    prompt_logprobs: dict[str, list[TokenLogprobs | None]]
+    host_output: HostSamplerOutput | None = None
+
+    @property
+    def sample_row_of(self) -> dict[str, int]:
+        return {r.request_id: i for i, r in enumerate(self.sample_requests)}
 
 
 class ModelRunner:
@@ -179,65 +197,44 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+        return self.collect(self.launch(scheduler_output))
+
+    @torch.inference_mode()
+    def launch(self, scheduler_output: SchedulerOutput, in_flight: LaunchedStep | None = None) -> LaunchedStep:
+        """Queue the step's forward and sampling on the device and return without waiting for
+        them. `in_flight`: the step launched before this one and not collected yet (async
+        scheduling), whose sampled tokens feed this step's rows that the host cannot fill."""
         for request_id in scheduler_output.finished_req_ids:
             self.generators.pop(request_id, None)
         self.structured_output.remove(scheduler_output.finished_req_ids)
         requests = scheduler_output.requests
         if not requests:
-            return ModelRunnerOutput(req_ids=[], sampled_token_ids=[], logprobs=[])
+            return LaunchedStep([], [], None, {})
 
-        bs = self.block_size
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slot_mapping: list[int] = []
-        query_start_loc = [0]
-        seq_lens: list[int] = []
-        sample_rows: list[int] = []  # flat token index of each sampling row
-        sample_requests: list[Request] = []
-        prompt_rows: list[int] = []
-        prompt_targets: list[int] = []
-        prompt_spans: list[tuple[Request, int, int]] = []  # request, first row, count
-
-        for request, num_new, block_ids in zip(
-            requests, scheduler_output.num_scheduled_tokens, scheduler_output.block_ids
-        ):
-            start = request.num_computed_tokens
-            end = start + num_new
-            base = len(input_ids)
-            input_ids.extend(request.all_token_ids[start:end])
-            positions.extend(range(start, end))
-            slot_mapping.extend(block_ids[p // bs] * bs + p % bs for p in range(start, end))
-            query_start_loc.append(base + num_new)
-            seq_lens.append(end)
-            if end == request.num_tokens:
-                sample_rows.append(base + num_new - 1)
-                sample_requests.append(request)
-            if request.sampling_params.prompt_logprobs is not None:
-                # Row p predicts prompt token p + 1; rows already reported are skipped.
-                first = max(start, request.num_prompt_logprobs_done)
-                last = min(end, request.num_prompt_tokens - 1)
-                if first < last:
-                    prompt_spans.append((request, len(prompt_rows), last - first))
-                    prompt_rows.extend(base + p - start for p in range(first, last))
-                    prompt_targets.extend(request.prompt_token_ids[first + 1 : last + 1])
-                    request.num_prompt_logprobs_done = last
-
+        inputs = build_step_inputs(scheduler_output, self.block_size,
+                                   in_flight.sample_row_of if in_flight is not None else {})
         device = self.device
         max_blocks = max(len(b) for b in scheduler_output.block_ids)
         block_table = [b + [0] * (max_blocks - len(b)) for b in scheduler_output.block_ids]
         # NOTE: every host -> device copy is queued before the forward, and the sampling batch
         # is built before it too: nothing between the forward and the sampler waits on the GPU.
-        input_ids_t = to_device(input_ids, torch.int64, device)
-        positions_t = to_device(positions, torch.int64, device)
-        slot_mapping_t = to_device(slot_mapping, torch.int64, device)
-        seq_lens_t = to_device(seq_lens, torch.int32, device)
+        input_ids_t = to_device(inputs.input_ids, torch.int64, device)
+        if inputs.in_flight_rows:
+            # NOTE: stream order makes this read the in-flight step's tokens after it wrote them.
+            sources = to_device(inputs.in_flight_sources, torch.int64, device)
+            input_ids_t.index_copy_(0, to_device(inputs.in_flight_rows, torch.int64, device),
+                                    in_flight.sampled.index_select(0, sources))
+        positions_t = to_device(inputs.positions, torch.int64, device)
+        slot_mapping_t = to_device(inputs.slot_mapping, torch.int64, device)
+        seq_lens_t = to_device(inputs.seq_lens, torch.int32, device)
         block_table_t = to_device(block_table, torch.int32, device)
+        prompt_rows, sample_rows = inputs.prompt_rows, inputs.sample_rows
         rows = prompt_rows + sample_rows
         rows_t = to_device(rows, torch.int64, device) if rows else None
-        targets = to_device(prompt_targets, torch.int64, device) if prompt_rows else None
-        batch = self._sampling_batch(sample_requests) if sample_rows else None
+        targets = to_device(inputs.prompt_targets, torch.int64, device) if prompt_rows else None
+        batch = self._sampling_batch(inputs.sample_requests) if sample_rows else None
 
-        max_query_len = max(scheduler_output.num_scheduled_tokens)
+        max_query_len = inputs.max_query_len
         graphs = self.cuda_graphs
         decode_only = max_query_len == 1 and len(sample_rows) == len(requests) and not prompt_rows
         if graphs is not None and decode_only and graphs.can_run(len(requests)):
@@ -246,15 +243,15 @@ class ModelRunner:
         else:
             metadata = AttentionMetadata(
                 num_seqs=len(requests),
-                num_tokens=len(input_ids),
-                query_start_loc=to_device(query_start_loc, torch.int32, device),
+                num_tokens=len(inputs.input_ids),
+                query_start_loc=to_device(inputs.query_start_loc, torch.int32, device),
                 seq_lens=seq_lens_t,
                 block_table=block_table_t,
                 slot_mapping=slot_mapping_t,
                 max_query_len=max_query_len,
-                max_seq_len=max(seq_lens),
-                query_start_loc_cpu=query_start_loc,
-                seq_lens_cpu=seq_lens,
+                max_seq_len=max(inputs.seq_lens),
+                query_start_loc_cpu=inputs.query_start_loc,
+                seq_lens_cpu=inputs.seq_lens,
             )
             with set_forward_context(ForwardContext(attn_metadata=metadata, kv_caches=self.kv_caches)):
                 if self.cpu_decode is not None and self.cpu_decode.applies(metadata, self.kv_caches):
@@ -264,9 +261,9 @@ class ModelRunner:
             logits = self.model.compute_logits(hidden[rows_t]) if rows else None
 
         prompt_logprobs: dict[str, list[TokenLogprobs | None]] = {}
-        if prompt_rows:
+        if prompt_rows:  # NOTE: reads the device now; only prefill steps ask for it
             prompt_logits = logits[: len(prompt_rows)]
-            for request, first_row, count in prompt_spans:
+            for request, first_row, count in inputs.prompt_spans:
                 entries = compute_prompt_logprobs(
                     prompt_logits[first_row : first_row + count],
                     targets[first_row : first_row + count],
@@ -274,21 +271,28 @@ class ModelRunner:
                 )
                 prompt_logprobs.setdefault(request.request_id, []).extend(entries)
 
-        sampled_by_request: dict[str, tuple[int, TokenLogprobs | None]] = {}
+        sampled = host_output = None
         if sample_rows:
             sampler_output = self.sampler(logits[len(prompt_rows) :], batch)
-            token_ids = sampler_output.sampled.tolist()  # the step's one host sync
-            self.structured_output.accept(sample_requests, token_ids)
-            for request, token, lp in zip(sample_requests, token_ids, sampler_output.logprobs):
-                sampled_by_request[request.request_id] = (token, lp)
+            sampled, host_output = sampler_output.sampled, sampler_output.to_host()
+        return LaunchedStep(requests, inputs.sample_requests, sampled, prompt_logprobs, host_output)
 
-        req_ids = [r.request_id for r in requests]
+    def collect(self, launched: LaunchedStep) -> ModelRunnerOutput:
+        """Wait for a launched step's sampled tokens (that step's only, not any queued after
+        it) and hand them to the scheduler."""
+        sampled_by_request: dict[str, tuple[int, TokenLogprobs | None]] = {}
+        if launched.host_output is not None:
+            token_ids, logprobs = launched.host_output.read()  # the step's one host sync
+            self.structured_output.accept(launched.sample_requests, token_ids)
+            for request, token, lp in zip(launched.sample_requests, token_ids, logprobs):
+                sampled_by_request[request.request_id] = (token, lp)
+        req_ids = [r.request_id for r in launched.requests]
         sampled = [sampled_by_request.get(i, (None, None)) for i in req_ids]
         return ModelRunnerOutput(
             req_ids=req_ids,
             sampled_token_ids=[s[0] for s in sampled],
             logprobs=[s[1] for s in sampled],
-            prompt_logprobs=prompt_logprobs,
+            prompt_logprobs=launched.prompt_logprobs,
         )
 
     def _sampling_batch(self, requests: list[Request]) -> SamplingBatch:

@@ -23,8 +23,9 @@ from localllm.kernels import ops
 from localllm.outputs import TokenLogprobs
 from localllm.worker.sampling_batch import _GREEDY_EPS, SamplingBatch, seeded_generator
 from localllm.worker.structured_output import apply_token_bitmask
+from localllm.worker.transfer import HostCopies
 
-__all__ = ["Sampler", "SamplerOutput", "SamplingBatch", "compute_prompt_logprobs", "seeded_generator"]
+__all__ = ["HostSamplerOutput", "Sampler", "SamplerOutput", "SamplingBatch", "compute_prompt_logprobs", "seeded_generator"]
 
 _NEG_INF = float("-inf")
 
@@ -110,17 +111,18 @@ class _PendingLogprobs:
 
     rows: list[int]
     num_top: list[int]
-    chosen_ids: torch.Tensor  # int64[M]
-    chosen_logprobs: torch.Tensor  # f32[M]
+    token_ids: torch.Tensor  # int64[M, 1 + K]: the chosen token, then the top K
+    logprobs: torch.Tensor  # f32[M, 1 + K]
     chosen_ranks: torch.Tensor  # int64[M]
-    top_ids: torch.Tensor  # int64[M, K]
-    top_logprobs: torch.Tensor  # f32[M, K]
 
-    def to_lists(self, num_rows: int) -> list[TokenLogprobs | None]:
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.token_ids, self.logprobs, self.chosen_ranks]
+
+    def to_lists(self, num_rows: int, tensors: list[torch.Tensor] | None = None) -> list[TokenLogprobs | None]:
+        """`tensors`: host copies of `tensors()`, if made already."""
+        token_ids, logprobs, chosen_ranks = tensors or self.tensors()
         out: list[TokenLogprobs | None] = [None] * num_rows
-        ids = torch.cat([self.chosen_ids.unsqueeze(1), self.top_ids], dim=1).tolist()
-        lps = torch.cat([self.chosen_logprobs.unsqueeze(1), self.top_logprobs], dim=1).tolist()
-        ranks = self.chosen_ranks.tolist()
+        ids, lps, ranks = token_ids.tolist(), logprobs.tolist(), chosen_ranks.tolist()
         for m, (row, k) in enumerate(zip(self.rows, self.num_top)):
             out[row] = TokenLogprobs(
                 token_ids=ids[m][: k + 1],
@@ -138,10 +140,11 @@ def _pending_logprobs(
     row_index: torch.Tensor,
 ) -> _PendingLogprobs:
     logprobs = raw_logits.index_select(0, row_index).log_softmax(dim=-1)
-    chosen_lp = logprobs.gather(1, chosen.unsqueeze(1)).squeeze(1)
+    chosen_lp = logprobs.gather(1, chosen.unsqueeze(1))
     top = logprobs.topk(min(max(num_top, default=0), logprobs.shape[-1]), dim=-1)
-    ranks = _rank(logprobs, chosen_lp)
-    return _PendingLogprobs(rows, num_top, chosen, chosen_lp, ranks, top.indices, top.values)
+    ranks = _rank(logprobs, chosen_lp.squeeze(1))
+    return _PendingLogprobs(rows, num_top, torch.cat([chosen.unsqueeze(1), top.indices], dim=1),
+                            torch.cat([chosen_lp, top.values], dim=1), ranks)
 
 
 def compute_prompt_logprobs(
@@ -171,10 +174,29 @@ class SamplerOutput:
     @cached_property
     def logprobs(self) -> list[TokenLogprobs | None]:
         """Per row: TokenLogprobs if the row asked, else None. NOTE: reading this syncs with the
-        device (once, cached); read it after `sampled.tolist()`."""
+        device (once, cached)."""
+        return self.to_host().read()[1]
+
+    def to_host(self) -> "HostSamplerOutput":
+        """Queue the copies of the sampled ids and logprobs to the host now, in stream order;
+        the returned object waits for them only when read."""
+        tensors = [self.sampled] + (self._pending.tensors() if self._pending is not None else [])
+        return HostSamplerOutput(HostCopies(tensors), self._pending)
+
+
+class HostSamplerOutput:
+    def __init__(self, copies: HostCopies, pending: _PendingLogprobs | None) -> None:
+        self._copies = copies
+        self._pending = pending
+
+    def read(self) -> tuple[list[int], list[TokenLogprobs | None]]:
+        """(sampled token ids, logprobs per row). Waits for this step's copies, not for any
+        step queued after it."""
+        sampled, *logprob_tensors = self._copies.wait()
+        token_ids = sampled.tolist()
         if self._pending is None:
-            return [None] * self.sampled.shape[0]
-        return self._pending.to_lists(self.sampled.shape[0])
+            return token_ids, [None] * len(token_ids)
+        return token_ids, self._pending.to_lists(len(token_ids), logprob_tensors)
 
 
 class Sampler:

@@ -30,10 +30,6 @@ def _flat_index(rows: list[list[int]], device: torch.device) -> tuple[torch.Tens
     return both[0], both[1]
 
 
-def _penalizes(p: SamplingParams) -> bool:
-    return p.presence_penalty != 0.0 or p.frequency_penalty != 0.0 or p.repetition_penalty != 1.0
-
-
 @dataclass
 class SamplingBatch:
     """Row i describes how to sample row i of the logits."""
@@ -98,7 +94,7 @@ class SamplingBatch:
         no_top_p = all(p.top_p >= 1.0 for p in params)
         no_top_k = all(p.top_k <= 0 for p in params)
         no_min_p = all(p.min_p <= 0.0 for p in params)
-        no_penalties = not any(_penalizes(p) for p in params)
+        no_penalties = not any(p.penalizes for p in params)
 
         # One transfer for all float settings, one for the integer ones.
         fields = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
@@ -135,7 +131,7 @@ class SamplingBatch:
                 [t if p.repetition_penalty != 1.0 else [] for p, t in zip(params, prompt_token_ids)], device
             ),
             output_index=_flat_index(
-                [t if _penalizes(p) else [] for p, t in zip(params, output_token_ids)], device
+                [t if p.penalizes else [] for p, t in zip(params, output_token_ids)], device
             ),
             logprob_rows=ints[n:],
             allowed_token_bitmask=(

@@ -5,7 +5,7 @@ import pytest
 from localllm.config import CacheConfig, SchedulerConfig
 from localllm.engine.request import Request, RequestStatus
 from localllm.engine.scheduler import Scheduler
-from localllm.sampling_params import SamplingParams
+from localllm.sampling_params import SamplingParams, StructuredOutputsParams
 from tests.engine.fake_runner import FakeRunner, next_token
 
 
@@ -19,15 +19,25 @@ def expected_output(prompt, max_tokens):
     return out
 
 
-def run_to_completion(scheduler, runner, max_steps=10_000):
+def run_to_completion(scheduler, runner, async_scheduling=False, max_steps=10_000):
+    """LLMEngine.step's order without the output processor: with async scheduling the next
+    step is scheduled and launched before this one's tokens are collected."""
+    in_flight = None
     for _ in range(max_steps):
-        if not scheduler.has_unfinished_requests():
-            return
-        so = scheduler.schedule()
+        if in_flight is None:
+            if not scheduler.has_unfinished_requests():
+                return
+            so = scheduler.schedule()
+            in_flight = (so, runner.launch(so))
+        so, launched = in_flight
         assert so.total_num_scheduled_tokens <= scheduler.config.max_num_batched_tokens
         assert len(scheduler.running) <= scheduler.config.max_num_seqs
-        ro = runner.execute_model(so)
-        scheduler.update_from_output(so, ro)
+        in_flight = None
+        if async_scheduling:
+            ahead = scheduler.schedule_ahead(so)
+            if ahead is not None:
+                in_flight = (ahead, runner.launch(ahead, launched))
+        scheduler.update_from_output(so, runner.collect(launched))
     raise AssertionError("scheduler did not finish")
 
 
@@ -43,6 +53,7 @@ def requests_for(prompts, max_tokens):
     return [Request(f"r{i}", p, SamplingParams(max_tokens=m, ignore_eos=True)) for i, (p, m) in enumerate(zip(prompts, max_tokens))]
 
 
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize(
     "num_blocks,budget,max_seqs,caching",
     [
@@ -52,7 +63,7 @@ def requests_for(prompts, max_tokens):
         (24, 5, 3, False),  # everything at once, no caching
     ],
 )
-def test_outputs_do_not_depend_on_batching(num_blocks, budget, max_seqs, caching):
+def test_outputs_do_not_depend_on_batching(num_blocks, budget, max_seqs, caching, async_scheduling):
     rng = random.Random(0)
     shared = [rng.randrange(1000) for _ in range(9)]
     prompts = [shared + [rng.randrange(1000) for _ in range(rng.randrange(1, 30))] for _ in range(18)]
@@ -62,7 +73,7 @@ def test_outputs_do_not_depend_on_batching(num_blocks, budget, max_seqs, caching
     requests = requests_for(prompts, max_tokens)
     for r in requests:
         scheduler.add_request(r)
-    run_to_completion(scheduler, runner)
+    run_to_completion(scheduler, runner, async_scheduling)
     for r, p, m in zip(requests, prompts, max_tokens):
         assert r.output_token_ids == expected_output(p, m), r.request_id
         assert r.status == RequestStatus.FINISHED_LENGTH
@@ -73,6 +84,7 @@ def test_outputs_do_not_depend_on_batching(num_blocks, budget, max_seqs, caching
         assert scheduler.num_preemptions > 0
     if budget == 7:
         assert max(runner.tokens_per_step) <= 7
+    assert (runner.num_ahead > 0) == async_scheduling
 
 
 def test_prefix_cache_hits_are_reported():
@@ -127,7 +139,8 @@ def test_abort_of_waiting_request():
     assert scheduler.num_waiting == 0
 
 
-def test_stops_on_eos_stop_token_and_model_len():
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_stops_on_eos_stop_token_and_model_len(async_scheduling):
     scheduler = make_scheduler(100, max_len=10)
     runner = FakeRunner(block_size=4)
     prompt = [1, 2, 3]
@@ -137,10 +150,11 @@ def test_stops_on_eos_stop_token_and_model_len():
     long = Request("long", prompt, SamplingParams(max_tokens=50, ignore_eos=True))
     for r in (eos, stop, long):
         scheduler.add_request(r)
-    run_to_completion(scheduler, runner)
+    run_to_completion(scheduler, runner, async_scheduling)
     assert eos.output_token_ids == first[:2] and eos.status == RequestStatus.FINISHED_STOPPED
     assert stop.output_token_ids == first and stop.stop_reason == first[2]
     assert long.num_tokens == 10 and long.status == RequestStatus.FINISHED_LENGTH
+    assert scheduler.kv_cache_manager.num_free_blocks == 100
 
 
 def test_min_tokens_delays_eos():
@@ -158,3 +172,80 @@ def test_prompt_longer_than_cache_is_refused():
     scheduler = make_scheduler(2, block_size=4)
     with pytest.raises(ValueError):
         scheduler.add_request(Request("x", list(range(9)), SamplingParams()))
+
+
+# ---------------------------------------------------------------- async scheduling (schedule_ahead)
+
+
+def _launched_step(scheduler, runner, prompts, max_tokens=20, **params):
+    """Requests admitted and prefilled in one launched, uncollected step."""
+    for i, p in enumerate(prompts):
+        scheduler.add_request(Request(f"r{i}", p, SamplingParams(max_tokens=max_tokens, **params)))
+    so = scheduler.schedule()
+    return so, runner.launch(so)
+
+
+def test_schedule_ahead_gives_each_sampling_row_its_in_flight_token():
+    scheduler = make_scheduler(100)
+    runner = FakeRunner(block_size=4)
+    so, launched = _launched_step(scheduler, runner, [[1, 2, 3, 4, 5], [6, 7, 8, 9]])
+    ahead = scheduler.schedule_ahead(so)
+    assert [r.request_id for r in ahead.requests] == ["r0", "r1"]
+    assert ahead.num_scheduled_tokens == [1, 1] and ahead.num_computed_tokens == [5, 4]
+    # r1's 4 prompt tokens fill block 0; its in-flight token needs a second block, r0's fits.
+    assert [len(b) for b in ahead.block_ids] == [2, 2]
+    # Every row's last token is the in-flight one: not yet on the host.
+    assert all(r.num_tokens == p for r, p in zip(ahead.requests, ahead.num_computed_tokens))
+    ahead_launched = runner.launch(ahead, launched)
+    scheduler.update_from_output(so, runner.collect(launched))
+    scheduler.update_from_output(ahead, runner.collect(ahead_launched))
+    for r, prompt in zip(ahead.requests, ([1, 2, 3, 4, 5], [6, 7, 8, 9])):
+        assert r.output_token_ids == expected_output(prompt, 2) and r.num_computed_tokens == len(prompt) + 1
+
+
+@pytest.mark.parametrize("case", ["waiting", "chunk", "penalty", "min_tokens", "structured", "no_blocks"])
+def test_schedule_ahead_declines_when_the_host_must_see_the_tokens(case):
+    scheduler = make_scheduler(3 if case == "no_blocks" else 100, budget=4 if case == "chunk" else 64)
+    runner = FakeRunner(block_size=4)
+    params = {"penalty": {"repetition_penalty": 1.1}, "min_tokens": {"min_tokens": 2},
+              "structured": {"structured_outputs": StructuredOutputsParams(json_object=True)}}.get(case, {})
+    prompts = {"chunk": [list(range(8))], "no_blocks": [list(range(8)), [1, 2, 3, 4]]}.get(case, [[1, 2, 3, 4, 5]])
+    so, _ = _launched_step(scheduler, runner, prompts, **params)
+    if case == "waiting":
+        scheduler.add_request(Request("late", [1, 2], SamplingParams()))
+    if case == "no_blocks":  # both in-flight tokens start a new block; all 3 are taken
+        assert scheduler.kv_cache_manager.num_free_blocks == 0 and not scheduler.waiting
+    if case == "chunk":
+        assert so.num_scheduled_tokens == [4]
+    assert scheduler.schedule_ahead(so) is None
+
+
+def test_schedule_ahead_leaves_out_requests_the_in_flight_token_ends():
+    scheduler = make_scheduler(100, max_len=7)
+    runner = FakeRunner(block_size=4)
+    scheduler.add_request(Request("last", [1, 2, 3], SamplingParams(max_tokens=1)))
+    scheduler.add_request(Request("full", [4, 5, 6, 7, 8, 9], SamplingParams(max_tokens=50)))
+    scheduler.add_request(Request("goes_on", [1, 2], SamplingParams(max_tokens=2)))
+    so = scheduler.schedule()
+    ahead = scheduler.schedule_ahead(so)
+    assert [r.request_id for r in ahead.requests] == ["goes_on"]
+    runner.launch(so)
+    scheduler.finish_requests("goes_on", RequestStatus.FINISHED_ABORTED)
+    assert scheduler.schedule_ahead(so) is None  # nothing left to run ahead
+
+
+def test_blocks_filled_by_an_in_flight_token_are_cached_once_it_is_known():
+    scheduler = make_scheduler(100)
+    runner = FakeRunner(block_size=4)
+    first = Request("a", [1, 2, 3, 4, 5, 6], SamplingParams(max_tokens=9, ignore_eos=True))
+    scheduler.add_request(first)
+    run_to_completion(scheduler, runner, async_scheduling=True)
+    assert runner.num_ahead > 0
+    # 15 tokens: the first 3 blocks are full, two of them completed by a token sampled ahead.
+    second = Request("b", first.all_token_ids + [7], SamplingParams(max_tokens=2, ignore_eos=True))
+    scheduler.add_request(second)
+    so = scheduler.schedule()
+    assert so.num_cached_tokens == {"b": 12}
+    scheduler.update_from_output(so, runner.execute_model(so))
+    run_to_completion(scheduler, runner, async_scheduling=True)
+    assert second.output_token_ids == expected_output(first.all_token_ids + [7], 2)

@@ -7,6 +7,7 @@ NOTE: TRITON_INTERPRET is read when a kernel is decorated, so it must be set bef
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -39,8 +40,9 @@ def load_benchmark(name: str):
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # NOTE: dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
