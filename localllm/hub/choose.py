@@ -64,7 +64,8 @@ def _plan(alias, context: int, memory, device: str, notes: list[str]) -> Choice:
     plan = plan_fit(alias.config, memory.free_bytes, context, ready, memory.kind, name=alias.name)
     local = [p for p in local_quant.LOCAL_METHODS if p in runnable and p not in ready]
     if local and local_quant.available():
-        with_local = plan_fit(alias.config, memory.free_bytes, context, ready + local, memory.kind, name=alias.name)
+        with_local = plan_fit(alias.config, memory.free_bytes, context, ready + local, memory.kind, name=alias.name,
+                              quantized_here=local)
         if with_local.precision in local and (not plan.fits or with_local.context_len > plan.context_len):
             notes.append(f"plan: {with_local.summary()} (quantized here: no pre-quantized variant fits)")
             return Choice(alias_variant(alias, "bf16"), quantize=with_local.precision)

@@ -21,14 +21,11 @@ from typing import Callable
 import torch
 
 from localllm.errors import LocalLLMError
+from localllm.quant.fit import DEFAULT_FP8_KEEP_FRACTION
 
 METHOD_BITS = {"awq": (4,), "gptq": (2, 4, 8), "fp8": (8,), "rtn": (4,)}
 CALIBRATED = ("awq", "gptq")  # and fp8 with fp8_algorithm "gptq" (QuantizeOptions.calibrated)
 FP8_ALGORITHMS = ("gptq", "mse", "rtn")
-# FP8: the share of decoder linears kept in 16 bits unless fp8_keep says how many (rounded up).
-# SmolLM2-135M, 24 held-out windows: every linear W8A8 +1.28%, 15 of 120 kept +0.92%, and with 30
-# more at 16-bit activations (below) +0.53% / +0.77% (README, Quantization on the CPU).
-DEFAULT_FP8_KEEP_FRACTION = 0.125
 # FP8: the share of decoder linears (after those kept in 16 bits) that keep FP8 weights but 16-bit
 # activations, the ones whose input rounding costs most, unless fp8_keep_activations says how many.
 DEFAULT_FP8_KEEP_ACTIVATIONS_FRACTION = 0.25

@@ -12,6 +12,7 @@ from localllm.quant.fit import (
     DeviceMemory,
     ModelShape,
     kv_bytes_per_token,
+    overhead_bytes,
     plan_fit,
     probe_memory,
     ram_bytes,
@@ -50,6 +51,24 @@ def test_byte_counts():
     assert kv_bytes_per_token(shape) == 2 * 32 * 8 * 128 * 2  # 128 KiB a token
     with pytest.raises(ValueError, match="unknown precision 'int3'"):
         weight_bytes(shape, "int3")
+
+
+def test_fp8_quantized_here_counts_the_linears_it_keeps_in_16_bits():
+    shape = ModelShape.from_config(LLAMA3_8B)
+    assert shape.layer_linear_parameters() == [4096 * 6144, 4096 * 4096, 2 * 4096 * 14336, 4096 * 14336]
+    pulled = weight_bytes(shape, "fp8")
+    here = weight_bytes(shape, "fp8", quantized_here=True)
+    # 1/8 of the 128 fused decoder linears stay 16-bit; the planner counts the largest 16 (the
+    # gate_up of 16 layers), one more byte a weight.
+    assert here - pulled == 16 * 2 * 4096 * 14336
+    assert weight_bytes(shape, "awq", quantized_here=True) == weight_bytes(shape, "awq")
+    # On a card where a pulled FP8 file just fits 32k tokens, one made here fits 14k fewer.
+    config = LLAMA3_8B | {"max_position_embeddings": 131072}
+    free = int((pulled + overhead_bytes(shape) + 32768 * kv_bytes_per_token(shape)) / 0.9) + 1
+    from_hub = plan_fit(config, free, 32768, {"fp8"}, "cuda")
+    made_here = plan_fit(config, free, 32768, {"fp8"}, "cuda", quantized_here={"fp8"})
+    assert from_hub.context_len == 32768 and from_hub.weight_bytes == pulled
+    assert made_here.weight_bytes == here and made_here.context_len == 32768 - 14 * 1024
 
 
 def test_quality_first_on_a_gpu_and_gguf_first_on_the_cpu():
