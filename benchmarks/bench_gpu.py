@@ -412,7 +412,9 @@ def engine_figures(engine, vocab: int, weight_bytes: int, copy_gbs: float,
     chosen = engine.async_scheduling
     engine.async_scheduling = not chosen
     other = batch1_rate()
+    out["batch1_decode_profile"] = {"async" if not chosen else "sync": decode_profile(engine, prompt(sizes.decode_prompt))}
     engine.async_scheduling = chosen
+    out["batch1_decode_profile"]["async" if chosen else "sync"] = decode_profile(engine, prompt(sizes.decode_prompt))
     out["async_scheduling"] = chosen
     out["batch1_decode_tok_s_other_scheduling"] = round(other, 2)
     # Throughput: 256 requests of 200 prompt / 180 output tokens, all submitted at once.
@@ -428,6 +430,45 @@ def engine_figures(engine, vocab: int, weight_bytes: int, copy_gbs: float,
         "steps": best["steps"],
         "all_runs_s": [round(r["seconds"], 3) for r in runs],
     }
+    return out
+
+
+def decode_profile(engine, prompt: list[int], steps: int = 24, top: int = 12) -> dict:
+    """Where a batch-1 decode step's time goes: wall time per step, the device's busy time per
+    step (the rest is the device waiting on the host), and the kernels (CPU ops without CUDA)
+    taking the most time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from localllm import SamplingParams
+
+    cuda = torch.cuda.is_available()
+    engine.add_request(f"profile-{time.monotonic_ns()}", {"prompt_token_ids": prompt},
+                       SamplingParams(temperature=0.0, max_tokens=steps + 8, ignore_eos=True, detokenize=False))
+    for _ in range(4):  # the prefill and the first decode steps stay out of the window
+        engine.step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        if cuda:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(steps):
+            engine.step()
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - started
+    while engine.has_unfinished_requests():
+        engine.step()
+    field = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, field, 0) > 0]
+    busy_us = sum(getattr(e, field) for e in events)
+    events.sort(key=lambda e: getattr(e, field), reverse=True)
+    out = {"steps": steps, "wall_ms_per_step": round(wall * 1e3 / steps, 3)}
+    if cuda:
+        out["device_busy_ms_per_step"] = round(busy_us / 1e3 / steps, 3)
+        out["device_busy_fraction"] = round(busy_us / 1e6 / wall, 3)
+    out["top"] = [{"name": e.key[:80], "calls_per_step": round(e.count / steps, 2),
+                   "us_per_step": round(getattr(e, field) / steps, 1),
+                   "share": round(getattr(e, field) / busy_us, 3)} for e in events[:top]]
     return out
 
 

@@ -7,6 +7,11 @@
 # Wheels for anything missing there (gguf) travel in .whl/; the SmolLM2 GGUF, too large to travel
 # in one piece, arrives as .gguf_a/part and .gguf_b/part (split by size) and is joined in /tmp.
 # Logs and results go to $OUT when it is set (the device tool), else to /tmp/localllm-gpu.
+#
+# `all` runs up to TEST_TIMEOUT + BENCH_TIMEOUT (900 s): past the device tool's 600 s a call. There,
+# make two calls, `tests` then `bench` (each section's results are saved as it ends, so a cut-off
+# run keeps what it finished; BENCH_ARGS="--sections ..." runs the rest in another call), and
+# copy $OUT/results.json over benchmarks/results-<card>.json, merging the sections.
 set -uo pipefail
 what="${1:-all}"
 out="${OUT:-/tmp/localllm-gpu}"

@@ -31,5 +31,11 @@ def test_engine_figures_at_toy_sizes():
     assert out["batch1_floor_tok_s"] == round(1e9 / (10**6 + kv), 1)
     throughput = out["throughput_256x200_180"]
     assert throughput["output_tok_s"] / throughput["total_tok_s"] == pytest.approx(6 / 26, rel=1e-3)
+    profiles = out["batch1_decode_profile"]
+    assert set(profiles) == {"sync", "async"}
+    for profile in profiles.values():  # the CPU's ops here; kernels and device busy time on a GPU
+        assert profile["wall_ms_per_step"] > 0 and profile["top"]
+        assert sum(t["share"] for t in profile["top"]) <= 1.001
+        assert any("linear" in t["name"] or "addmm" in t["name"] or "mm" in t["name"] for t in profile["top"])
     assert not engine.has_unfinished_requests()
     assert dataclasses.asdict(bench.EngineRunSizes())["ttft_prompt"] == 8192
