@@ -25,6 +25,8 @@ class KVCacheManager:
         # Chained hashes of the request's full blocks, computed once per block and kept across
         # preemption (the tokens do not change).
         self.req_to_block_hashes: dict[str, list[int]] = {}
+        # How many of the request's first blocks are cached (hashed) already.
+        self.req_num_cached_blocks: dict[str, int] = {}
         self.prefix_cache_queries = 0
         self.prefix_cache_hits = 0
 
@@ -96,23 +98,37 @@ class KVCacheManager:
             return None
         self.pool.touch(new_computed_blocks)
         new_blocks = self.pool.get_new_blocks(max(num_new_blocks, 0))
-        blocks = blocks + new_computed_blocks + new_blocks
-        self.req_to_blocks[request.request_id] = blocks
-        if self.enable_caching:
-            # NOTE: blocks filled by this step are cached now; a request scheduled later in
-            # the same step may share them because every layer writes the step's KV before
-            # any attention reads it.
-            num_full = (num_computed + num_new_tokens) // self.block_size
-            hashes = self._block_hashes(request, num_full * self.block_size)
-            for block, block_hash in zip(blocks[:num_full], hashes):
-                self.pool.cache_block(block, block_hash)
+        self.req_to_blocks[request.request_id] = blocks + new_computed_blocks + new_blocks
+        # NOTE: blocks filled by this step are cached now; a request scheduled later in the same
+        # step may share them because every layer writes the step's KV before any attention
+        # reads it.
+        self.cache_full_blocks(request, num_computed + num_new_tokens)
         return new_blocks
+
+    def cache_full_blocks(self, request: Request, num_tokens: int) -> None:
+        """Cache the request's blocks full of its first num_tokens tokens (computed, or being
+        computed by a step already launched), those not cached yet. A block holding a token
+        not yet known on the host (async scheduling) waits for a later call: the scheduler
+        calls this again when it appends that token."""
+        if not self.enable_caching:
+            return
+        blocks = self.req_to_blocks.get(request.request_id, [])
+        done = self.req_num_cached_blocks.get(request.request_id, 0)
+        num_full = min(num_tokens // self.block_size, len(blocks))
+        if num_full <= done:
+            return
+        hashes = self._block_hashes(request, num_full * self.block_size)
+        num_cached = min(num_full, len(hashes))
+        for i in range(done, num_cached):
+            self.pool.cache_block(blocks[i], hashes[i])
+        self.req_num_cached_blocks[request.request_id] = num_cached
 
     def get_block_ids(self, request_id: str) -> list[int]:
         return [b.block_id for b in self.req_to_blocks.get(request_id, [])]
 
     def free(self, request: Request) -> None:
         blocks = self.req_to_blocks.pop(request.request_id, [])
+        self.req_num_cached_blocks.pop(request.request_id, None)
         self.pool.free_blocks(reversed(blocks))
 
     def forget(self, request: Request) -> None:

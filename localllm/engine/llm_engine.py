@@ -203,6 +203,7 @@ class LLMEngine:
             output = self.output_processor.abort_output(request_id)
             if output is not None:
                 outputs.append(output)
+        self._drop_in_flight_if_dead()
         return outputs
 
     def has_unfinished_requests(self) -> bool:
@@ -215,6 +216,7 @@ class LLMEngine:
         scheduled and launched before this one's tokens are read back, so the host's work
         between steps (reading tokens, stop checks, detokenizing, building the next batch)
         overlaps the device's."""
+        self._drop_in_flight_if_dead()  # e.g. every request of it aborted between two steps
         in_flight, self._in_flight = self._in_flight, None
         if in_flight is None:
             scheduler_output = self.scheduler.schedule()
@@ -228,11 +230,17 @@ class LLMEngine:
             if ahead is not None:
                 self._in_flight = _InFlight(ahead, self.runner.launch(ahead, in_flight.launched))
         outputs = self._update(in_flight.scheduler_output, self.runner.collect(in_flight.launched))
-        if self._in_flight is not None and all(r.is_finished for r in self._in_flight.scheduler_output.requests):
-            # Every request of the step ahead ended with this one: nothing left to wait for.
-            self.runner.collect(self._in_flight.launched)
-            self._in_flight = None
+        self._drop_in_flight_if_dead()  # every request of the step ahead ended with this one
         return outputs
+
+    def _drop_in_flight_if_dead(self) -> None:
+        """Forget the step in flight when none of its requests is still running: its tokens
+        would be thrown away, and no step() should wait for them.
+
+        NOTE: not waiting for it is safe: the device runs it before anything launched later,
+        and its host copies stay allocated until they have run (torch's pinned-memory cache)."""
+        if self._in_flight is not None and all(r.is_finished for r in self._in_flight.scheduler_output.requests):
+            self._in_flight = None
 
     def _update(self, scheduler_output: SchedulerOutput, runner_output: ModelRunnerOutput) -> list[RequestOutput]:
         updated = self.scheduler.update_from_output(scheduler_output, runner_output)

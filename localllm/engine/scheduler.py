@@ -136,8 +136,8 @@ class Scheduler:
         takes from that step's device output. The host prepares this step while the device
         runs the one before.
 
-        None when the next step needs the host to see the in-flight tokens first: requests are
-        waiting to be admitted, a row of `in_flight` samples nothing (a prefill chunk), a
+        None when the next step needs the host to see the in-flight tokens first: a request
+        waits and a seat is free for it, a row of `in_flight` samples nothing (a prefill chunk), a
         request's sampling reads its own past tokens (penalties, min_tokens not reached yet,
         structured output), or a block cannot be had without preempting. A request the
         in-flight token surely ends (max_tokens, max_model_len) is left out; one that ends on
@@ -146,8 +146,8 @@ class Scheduler:
         NOTE: called only with exactly one step in flight, before its update_from_output:
         `request.num_computed_tokens` and `request.all_token_ids` lag by that step alone.
         """
-        if self.waiting:
-            return None
+        if self.waiting and len(self.running) < self.config.max_num_seqs:
+            return None  # a seat is free: the next step may admit (a full house waits anyway)
         rows: list[tuple[Request, int]] = []  # request, its position in this step
         for request, start, num_new in zip(in_flight.requests, in_flight.num_computed_tokens,
                                            in_flight.num_scheduled_tokens):
@@ -208,6 +208,9 @@ class Scheduler:
             if token is None:
                 continue
             request.append_output_token(token)
+            # A block the step's last input token completed is cached now that every token in
+            # it is known (a step scheduled ahead fed that token before the host knew it).
+            self.kv_cache_manager.cache_full_blocks(request, request.num_computed_tokens)
             status = self._check_stop(request, token)
             if status is not None:
                 self.running.remove(request)

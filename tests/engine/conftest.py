@@ -45,6 +45,8 @@ def engine_leftovers(engine) -> list[str]:
         problems.append(f"scheduler holds requests {sorted(scheduler.requests)}")
     if kv.req_to_blocks or kv.req_to_block_hashes:
         problems.append(f"kv manager holds requests {sorted(set(kv.req_to_blocks) | set(kv.req_to_block_hashes))}")
+    if getattr(engine, "_in_flight", None) is not None:
+        problems.append("a step is still in flight (async scheduling)")
     processor = engine.output_processor
     if processor.states or processor.child_to_parent:
         problems.append(f"output processor holds requests {sorted(processor.states)}")

@@ -120,6 +120,20 @@ def test_rows_that_read_their_own_tokens_fall_back_and_still_agree(make_llm, tin
     assert spy.ahead > 0
 
 
+def test_min_tokens_boundary_agrees(make_llm, tiny_llama):
+    """min_tokens bans the stop token until it is reached; a step run ahead must not lift the ban
+    one token early (it counts the outputs the host knows, one short)."""
+    sync, ahead = _pair(make_llm, tiny_llama)
+    prompt = _prompts(1)
+    free = sync.generate(prompt, SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True))[0].outputs[0]
+    tokens = free.token_ids
+    m = next(j for j in range(3, 20) if tokens[j] not in tokens[:j])  # first time this token comes
+    params = SamplingParams(temperature=0.0, max_tokens=20, min_tokens=m, stop_token_ids=[tokens[m]], ignore_eos=True)
+    want = sync.generate(prompt, params)
+    assert want[0].outputs[0].finish_reason == "stop" and len(want[0].outputs[0].token_ids) == m + 1
+    _compare(want, ahead.generate(prompt, params))
+
+
 def test_preemption_under_a_small_cache_agrees(make_llm, tiny_llama):
     sync, ahead = _pair(make_llm, tiny_llama, kv_cache_blocks=12, max_num_seqs=8)
     prompts = _prompts(6, shared=8)
@@ -173,12 +187,10 @@ def test_abort_of_everything_in_flight_leaves_the_engine_idle(tiny_llama):
     assert engine._in_flight is not None
     engine.abort_request("only")
     assert not engine.has_unfinished_requests()
-    # The next step collects what was in flight, schedules the newcomer and runs it to the end.
+    # The next step drops what was in flight and runs the newcomer's prefill: k steps, k tokens.
     engine.add_request("next", _prompts(2)[1], SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True))
-    outputs = []
-    while engine.has_unfinished_requests():
-        outputs += engine.step()
-    assert [len(o.outputs[0].token_ids) for o in outputs if o.finished] == [3]
+    outputs = [engine.step() for _ in range(3)]
+    assert [len(o[0].outputs[0].token_ids) for o in outputs] == [1, 2, 3] and outputs[2][0].finished
     assert engine._in_flight is None and not engine_leftovers(engine)
 
 

@@ -234,6 +234,31 @@ def test_schedule_ahead_leaves_out_requests_the_in_flight_token_ends():
     assert scheduler.schedule_ahead(so) is None  # nothing left to run ahead
 
 
+@pytest.mark.parametrize("max_tokens", [3, 4, 9])
+def test_prefix_cache_hits_do_not_depend_on_async_scheduling(max_tokens):
+    """Prompt 6 + 3 tokens: the last token fed (position 7) completes block 1 in a step that
+    ran ahead, and the request ends there (max_tokens): the block must still be cached."""
+    hits = []
+    for async_scheduling in (False, True):
+        scheduler = make_scheduler(100)
+        runner = FakeRunner(block_size=4)
+        first = Request("a", [1, 2, 3, 4, 5, 6], SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+        scheduler.add_request(first)
+        run_to_completion(scheduler, runner, async_scheduling)
+        scheduler.add_request(Request("b", first.all_token_ids + [7], SamplingParams(max_tokens=1)))
+        hits.append(scheduler.schedule().num_cached_tokens["b"])
+    assert hits[0] == hits[1] == (6 + max_tokens - 1) // 4 * 4
+
+
+def test_schedule_ahead_runs_on_while_waiting_requests_have_no_seat():
+    scheduler = make_scheduler(100, max_seqs=1)
+    runner = FakeRunner(block_size=4)
+    so, _ = _launched_step(scheduler, runner, [[1, 2, 3], [4, 5, 6]])
+    assert [r.request_id for r in so.requests] == ["r0"] and scheduler.num_waiting == 1
+    ahead = scheduler.schedule_ahead(so)
+    assert ahead is not None and [r.request_id for r in ahead.requests] == ["r0"]
+
+
 def test_blocks_filled_by_an_in_flight_token_are_cached_once_it_is_known():
     scheduler = make_scheduler(100)
     runner = FakeRunner(block_size=4)
