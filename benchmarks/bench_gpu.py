@@ -412,9 +412,10 @@ def engine_figures(engine, vocab: int, weight_bytes: int, copy_gbs: float,
     chosen = engine.async_scheduling
     engine.async_scheduling = not chosen
     other = batch1_rate()
-    out["batch1_decode_profile"] = {"async" if not chosen else "sync": decode_profile(engine, prompt(sizes.decode_prompt))}
+    profiles = {"async" if not chosen else "sync": decode_profile(engine, prompt(sizes.decode_prompt))}
     engine.async_scheduling = chosen
-    out["batch1_decode_profile"]["async" if chosen else "sync"] = decode_profile(engine, prompt(sizes.decode_prompt))
+    profiles["async" if chosen else "sync"] = decode_profile(engine, prompt(sizes.decode_prompt))
+    out["batch1_decode_profile"] = profiles
     out["async_scheduling"] = chosen
     out["batch1_decode_tok_s_other_scheduling"] = round(other, 2)
     # Throughput: 256 requests of 200 prompt / 180 output tokens, all submitted at once.

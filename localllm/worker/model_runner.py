@@ -221,9 +221,8 @@ class ModelRunner:
         input_ids_t = to_device(inputs.input_ids, torch.int64, device)
         if inputs.in_flight_rows:
             # NOTE: stream order makes this read the in-flight step's tokens after it wrote them.
-            sources = to_device(inputs.in_flight_sources, torch.int64, device)
-            input_ids_t.index_copy_(0, to_device(inputs.in_flight_rows, torch.int64, device),
-                                    in_flight.sampled.index_select(0, sources))
+            rows_and_sources = to_device([inputs.in_flight_rows, inputs.in_flight_sources], torch.int64, device)
+            input_ids_t.index_copy_(0, rows_and_sources[0], in_flight.sampled.index_select(0, rows_and_sources[1]))
         positions_t = to_device(inputs.positions, torch.int64, device)
         slot_mapping_t = to_device(inputs.slot_mapping, torch.int64, device)
         seq_lens_t = to_device(inputs.seq_lens, torch.int32, device)
@@ -234,7 +233,7 @@ class ModelRunner:
         targets = to_device(inputs.prompt_targets, torch.int64, device) if prompt_rows else None
         batch = self._sampling_batch(inputs.sample_requests) if sample_rows else None
 
-        max_query_len = inputs.max_query_len
+        max_query_len = max(scheduler_output.num_scheduled_tokens)
         graphs = self.cuda_graphs
         decode_only = max_query_len == 1 and len(sample_rows) == len(requests) and not prompt_rows
         if graphs is not None and decode_only and graphs.can_run(len(requests)):

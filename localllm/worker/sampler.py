@@ -25,7 +25,9 @@ from localllm.worker.sampling_batch import _GREEDY_EPS, SamplingBatch, seeded_ge
 from localllm.worker.structured_output import apply_token_bitmask
 from localllm.worker.transfer import HostCopies
 
-__all__ = ["HostSamplerOutput", "Sampler", "SamplerOutput", "SamplingBatch", "compute_prompt_logprobs", "seeded_generator"]
+__all__ = [
+    "HostSamplerOutput", "Sampler", "SamplerOutput", "SamplingBatch", "compute_prompt_logprobs", "seeded_generator",
+]
 
 _NEG_INF = float("-inf")
 

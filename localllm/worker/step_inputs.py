@@ -29,10 +29,6 @@ class StepInputs:
     in_flight_rows: list[int] = field(default_factory=list)
     in_flight_sources: list[int] = field(default_factory=list)
 
-    @property
-    def max_query_len(self) -> int:
-        return max(b - a for a, b in zip(self.query_start_loc, self.query_start_loc[1:]))
-
 
 def build_step_inputs(scheduler_output: SchedulerOutput, block_size: int,
                       in_flight_sample_rows: dict[str, int]) -> StepInputs:
