@@ -24,6 +24,9 @@ def seeded_generator(seed: int, device: torch.device | str) -> torch.Generator:
 
 def _flat_index(rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(row ids, token ids) of every listed token, as two int64 tensors for index_put."""
+    if not any(rows):  # NOTE: the usual case, every step: no copy to the device for nothing
+        empty = torch.empty(0, dtype=torch.int64, device=device)
+        return empty, empty
     r = [i for i, toks in enumerate(rows) for _ in toks]
     c = [t for toks in rows for t in toks]
     both = to_device([r, c], torch.int64, device)
