@@ -216,7 +216,6 @@ class LLMEngine:
         scheduled and launched before this one's tokens are read back, so the host's work
         between steps (reading tokens, stop checks, detokenizing, building the next batch)
         overlaps the device's."""
-        self._drop_in_flight_if_dead()  # e.g. every request of it aborted between two steps
         in_flight, self._in_flight = self._in_flight, None
         if in_flight is None:
             scheduler_output = self.scheduler.schedule()
